@@ -1,0 +1,88 @@
+"""keras-hub's pretrained ViT-B/16 with a new 10-class head, for fine-tuning at 224x224.
+
+`preset` is a keras-hub preset name (downloaded from Kaggle) or a local preset directory
+(made with `save_to_preset`). The preset's own image converter (resize + normalisation)
+stays attached to the model as its preprocessor, so the model takes raw [0, 255] pixels.
+"""
+
+import os
+
+DEFAULT_PRESET = "vit_base_patch16_224_imagenet21k"
+FINETUNE_MODES = ("full", "linear")
+
+
+class PresetError(RuntimeError):
+    """The preset cannot be loaded; the message is shown to the user as one line."""
+
+
+def build_vit_b16(
+    *,
+    preset=DEFAULT_PRESET,
+    finetune="full",
+    num_classes=10,
+    dropout_rate=0.0,
+):
+    """Loads `preset` into a `keras_hub.models.ViTImageClassifier` with a new head.
+
+    finetune="full" trains every weight; "linear" freezes the backbone (a linear probe).
+    """
+    if finetune not in FINETUNE_MODES:
+        raise PresetError(f"finetune must be one of {', '.join(FINETUNE_MODES)}, got {finetune!r}")
+    import keras_hub
+
+    check_preset(preset, keras_hub)
+    try:
+        classifier = keras_hub.models.ViTImageClassifier.from_preset(
+            preset, num_classes=num_classes, activation=None, dropout=dropout_rate
+        )
+    except Exception as error:
+        raise preset_error(preset, error) from None
+    if classifier.preprocessor is None:
+        classifier.preprocessor = default_preprocessor(classifier.backbone, keras_hub)
+    classifier.backbone.trainable = finetune == "full"
+    return classifier
+
+
+def looks_like_path(preset):
+    return os.sep in preset or preset.startswith(".") or os.path.exists(preset)
+
+
+def check_preset(preset, keras_hub):
+    if looks_like_path(preset):
+        if not os.path.isdir(preset):
+            raise PresetError(
+                f"preset directory {preset} does not exist; pass a folder made with "
+                "save_to_preset, or a preset name such as " + DEFAULT_PRESET
+            )
+        if not os.path.isfile(os.path.join(preset, "config.json")):
+            raise PresetError(
+                f"{preset} is not a keras-hub preset (no config.json); pass a folder made "
+                "with save_to_preset"
+            )
+        return
+    known = keras_hub.models.ViTBackbone.presets
+    if preset not in known:
+        vit_names = ", ".join(sorted(known))
+        raise PresetError(f"unknown ViT preset {preset!r}; known presets: {vit_names}, or a local directory")
+
+
+def preset_error(preset, error):
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}" if str(error) else type(error).__name__
+    if looks_like_path(preset):
+        return PresetError(f"could not load the local preset {preset} ({reason}); "
+                           "is it a ViT preset saved with save_to_preset?")
+    return PresetError(
+        f"could not fetch the weights of preset {preset!r} ({reason}). Without internet "
+        "access, download the preset elsewhere (e.g. keras_hub.models.ViTImageClassifier"
+        f".from_preset({preset!r}).save_to_preset('vit_b16_preset')) and pass "
+        "--preset /path/to/vit_b16_preset"
+    )
+
+
+def default_preprocessor(backbone, keras_hub):
+    """ViT's standard [-1, 1] scaling, for presets saved without an image converter."""
+    height, width = backbone.image_shape[:2]
+    converter = keras_hub.layers.ViTImageConverter(
+        image_size=(height, width), scale=1 / 127.5, offset=-1.0
+    )
+    return keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
