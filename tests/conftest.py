@@ -1,0 +1,42 @@
+"""Shared fixtures. Tests run on whichever backend KERAS_BACKEND names (one pytest process
+per backend), on the CPU, with the offline CIFAR-10 copy when it is beside the repo."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "tensorflow_datasets"
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "TFDS_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["TFDS_DATA_DIR"] = str(SHARED_DATA)
+
+
+def pytest_report_header(config):
+    return f"KERAS_BACKEND={os.environ['KERAS_BACKEND']} TFDS_DATA_DIR={os.environ.get('TFDS_DATA_DIR')}"
+
+
+@pytest.fixture(scope="session")
+def backend():
+    return os.environ["KERAS_BACKEND"]
+
+
+@pytest.fixture(scope="session")
+def cifar_splits():
+    """Real CIFAR-10: 20 training images per class, 500 validation, the 10k test set."""
+    from kerasvit import data
+
+    try:
+        return data.load_splits(validation_size=500, subset_per_class=20)
+    except data.DataError as error:
+        pytest.fail(f"CIFAR-10 is needed for these tests: {error}")
+
+
+@pytest.fixture(scope="session")
+def cifar_batch(cifar_splits):
+    """200 real training images (float32, [0, 255]) with integer labels."""
+    images, labels = cifar_splits["train"]
+    return images.astype("float32"), labels
