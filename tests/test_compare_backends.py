@@ -171,3 +171,15 @@ def test_tiny_real_comparison(tmp_path, monkeypatch, capsys):
         assert (out_dir / "backends" / backend / "model.keras").is_file()
     assert set(report["load_check"]) == set(REAL_PAIR)
     assert "tensorflow" in screen and "NOT INSTALLED" in screen
+
+
+def test_load_check_verdicts():
+    from kerasvit.compare_report import summarise_load_checks
+
+    same = {"max_abs_prob_diff": 2e-7, "top1_agreement": 1.0}
+    checks = {"tensorflow": same, "jax": same, "torch": same}
+    assert summarise_load_checks("jax", checks)["loads_elsewhere"] == "ok"
+    checks["torch"] = {"max_abs_prob_diff": 0.3, "top1_agreement": 0.8}
+    assert summarise_load_checks("jax", checks)["loads_elsewhere"] == "differs in torch"
+    checks["tensorflow"] = {"error": "LoadError: cannot load"}
+    assert summarise_load_checks("jax", checks)["loads_elsewhere"] == "fails in tensorflow"
