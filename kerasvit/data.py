@@ -13,6 +13,7 @@ import tensorflow as tf
 
 NUM_CLASSES = 10
 SPLIT_SEED = 0  # The train/validation split never changes with the training seed.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"  # tfds' source
 
 # Keep TensorFlow off any GPU: it is only the input pipeline, and must not take
 # accelerator memory that JAX or torch need.
@@ -34,21 +35,43 @@ def load_cifar10(data_dir=None):
 
     builder = tfds.builder("cifar10", data_dir=data_dir)
     if not builder.is_prepared():
-        try:
-            builder.download_and_prepare()
-        except Exception as error:  # tfds raises many types; all mean "no data here".
-            where = data_dir or "TFDS's default folder (~/tensorflow_datasets)"
-            raise DataError(
-                f"CIFAR-10 is not in {where} and could not be downloaded "
-                f"({type(error).__name__}); pass --data-dir DIR or set TFDS_DATA_DIR to a "
-                "folder that holds cifar10/3.0.2"
-            ) from None
+        download(builder, data_dir)
     splits = {}
     for split in ("train", "test"):
         dataset = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
         images, labels = tfds.as_numpy(dataset)
         splits[split] = (images, labels.astype(np.int64))
     return splits
+
+
+def download(builder, data_dir):
+    where = data_dir or "TFDS's default folder (~/tensorflow_datasets)"
+    # Offline, tfds retries for minutes before it gives up: probe the host first.
+    reason = unreachable_reason(CIFAR10_URL)
+    if reason is None:
+        try:
+            builder.download_and_prepare()
+            return
+        except Exception as error:  # tfds raises many types; all mean "no data here".
+            reason = type(error).__name__
+    raise DataError(
+        f"CIFAR-10 is not in {where} and could not be downloaded ({reason}); pass "
+        "--data-dir DIR or set TFDS_DATA_DIR to a folder that holds cifar10/3.0.2"
+    )
+
+
+def unreachable_reason(url, timeout_s=10):
+    """None if `url` answers (proxies honoured, like tfds), else a short reason."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s)
+        return None
+    except urllib.error.HTTPError:
+        return None  # The host answered; let tfds do the real download.
+    except (urllib.error.URLError, OSError) as error:
+        return f"no connection to {url.split('/')[2]}: {getattr(error, 'reason', error)}"
 
 
 def split_train_validation(labels, validation_size):

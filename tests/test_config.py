@@ -1,0 +1,71 @@
+"""Config files and overrides: strict types, unknown keys refused, builder arguments checked."""
+
+import pytest
+
+from kerasvit import config as cfg
+from kerasvit.models import MODEL_NAMES, get_spec
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_every_model_has_a_valid_config_file_with_command_and_expectation(model):
+    path = cfg.config_path_for_model(model)
+    text = path.read_text()
+    assert "Command:" in text and "Expected:" in text
+    config = cfg.validate(cfg.load_config_file(path))
+    assert config.model == model
+    cfg.check_model_args(config, get_spec(model).builder)
+
+
+def test_overrides_are_parsed_to_the_field_type():
+    config = cfg.apply_overrides(cfg.TrainConfig(), [
+        "epochs=3", "learning_rate=1e-4", "mixed_precision=true", "augmentation=none",
+    ])
+    assert (config.epochs, config.learning_rate, config.mixed_precision) == (3, 1e-4, True)
+    assert config.augmentation == "none"
+
+
+@pytest.mark.parametrize("assignment, fragment", [
+    ("epoch=3", "unknown config key 'epoch'"),
+    ("epochs=three", "epochs must be of type int"),
+    ("epochs=2.5", "epochs must be of type int"),
+    ("mixed_precision=maybe", "must be true or false"),
+    ("epochs", "expects KEY=VALUE"),
+])
+def test_bad_overrides_are_refused_with_the_reason(assignment, fragment):
+    with pytest.raises(cfg.ConfigError, match=fragment):
+        cfg.apply_overrides(cfg.TrainConfig(), [assignment])
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("epochs", 0, "epochs must be positive"),
+    ("batch_size", -8, "batch_size must be positive"),
+    ("subset_per_class", -1, "subset_per_class must be >= 0"),
+    ("augmentation", "mixup", "augmentation must be one of"),
+    ("jit_compile", "yes", "jit_compile must be one of"),
+    ("model", "resnet", "unknown model"),
+])
+def test_out_of_range_values_are_refused(key, value, fragment):
+    config = cfg.TrainConfig()
+    setattr(config, key, value)
+    with pytest.raises(cfg.ConfigError, match=fragment):
+        cfg.validate(config)
+
+
+def test_model_args_are_checked_against_the_builder_signature():
+    builder = get_spec("vit").builder
+    config = cfg.apply_overrides(cfg.TrainConfig(model="vit"), ["model_args.num_layers=2"])
+    cfg.check_model_args(config, builder)
+    assert config.model_args["num_layers"] == 2
+
+    typo = cfg.apply_overrides(cfg.TrainConfig(model="vit"), ["model_args.num_layer=2"])
+    with pytest.raises(cfg.ConfigError, match="unknown model argument 'num_layer'"):
+        cfg.check_model_args(typo, builder)
+
+    wrong_type = cfg.apply_overrides(cfg.TrainConfig(model="vit"), ["model_args.hidden_dim=big"])
+    with pytest.raises(cfg.ConfigError, match="model_args.hidden_dim must be of type int"):
+        cfg.check_model_args(wrong_type, builder)
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = cfg.apply_overrides(cfg.TrainConfig(model="vit"), ["model_args.num_layers=2", "seed=7"])
+    assert cfg.config_from_dict(config.to_dict()) == config

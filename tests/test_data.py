@@ -1,0 +1,71 @@
+"""The CIFAR-10 pipeline: deterministic stratified splits, subsets, batches for any model."""
+
+import numpy as np
+import pytest
+
+from kerasvit import data
+
+
+def test_split_is_stratified_deterministic_and_disjoint():
+    labels = np.repeat(np.arange(10), 100)
+    train, validation = data.split_train_validation(labels, 200)
+    again_train, again_validation = data.split_train_validation(labels, 200)
+    assert np.array_equal(train, again_train) and np.array_equal(validation, again_validation)
+    assert len(validation) == 200 and len(train) == 800
+    assert not set(train) & set(validation)
+    assert np.all(np.bincount(labels[validation]) == 20)
+
+
+def test_subset_takes_n_per_class_and_refuses_too_many():
+    labels = np.repeat(np.arange(10), 5)
+    chosen = data.take_per_class(np.arange(50), labels, 3)
+    assert np.all(np.bincount(labels[chosen]) == 3)
+    with pytest.raises(data.DataError, match="at most 5"):
+        data.take_per_class(np.arange(50), labels, 6)
+
+
+def test_real_cifar_splits(cifar_splits):
+    train_images, train_labels = cifar_splits["train"]
+    assert train_images.shape == (200, 32, 32, 3) and train_images.dtype == np.uint8
+    assert np.all(np.bincount(train_labels, minlength=10) == 20)
+    assert cifar_splits["validation"][0].shape[0] == 500
+    assert cifar_splits["test"][0].shape == (10000, 32, 32, 3)
+    # The validation images are not among the training images.
+    train_set = {image.tobytes() for image in train_images}
+    assert not any(image.tobytes() in train_set for image in cifar_splits["validation"][0][:100])
+
+
+@pytest.mark.parametrize("augmentation, size", [
+    ("pad_crop_flip", (32, 32)), ("random_resized_crop_flip", (48, 48)), ("none", (32, 32)),
+])
+def test_pipeline_yields_float_images_and_one_hot_labels(cifar_splits, augmentation, size):
+    images, labels = cifar_splits["train"]
+    dataset = data.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
+                                augmentation=augmentation)
+    batches = list(dataset.as_numpy_iterator())
+    assert len(batches) == 4
+    x, y = batches[0]
+    assert x.shape == (50, *size, 3) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 255.0 and x.max() > 100
+    assert y.shape == (50, 10) and np.all(y.sum(axis=1) == 1)
+
+
+def test_evaluation_pipeline_keeps_order_and_every_image(cifar_splits):
+    images, labels = cifar_splits["validation"]
+    dataset = data.make_dataset(images, labels, image_size=(32, 32), batch_size=64, training=False)
+    seen = np.concatenate([y.argmax(axis=1) for _, y in dataset.as_numpy_iterator()])
+    assert np.array_equal(seen, labels)
+
+
+def test_batch_larger_than_the_data_is_refused(cifar_splits):
+    images, labels = cifar_splits["train"]
+    with pytest.raises(data.DataError, match="batch_size 512 is larger"):
+        data.make_dataset(images, labels, image_size=(32, 32), batch_size=512, training=True)
+
+
+def test_missing_data_is_one_clear_error(tmp_path, monkeypatch):
+    # A proxy that refuses connections makes the download fail at once, online or not.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with pytest.raises(data.DataError, match="--data-dir DIR or set TFDS_DATA_DIR"):
+        data.load_cifar10(str(tmp_path / "empty"))
