@@ -58,12 +58,22 @@ def load_model(path, safe_mode=True):
         raise LoadError(f"cannot load {model_path}: {message[:200]}") from None
 
 
+def read_run_file(run_dir, name):
+    """A JSON file of a run folder (config.json, env.json, metrics.json) as a dict, or None
+    when there is no run folder or no such file."""
+    if run_dir is None or not (Path(run_dir) / name).is_file():
+        return None
+    path = Path(run_dir) / name
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        raise LoadError(f"{path} is not valid JSON; fix or remove it") from None
+
+
 def load_run(path):
     """Returns (model, run config dict or None, run folder or None)."""
     model_path, run_dir = resolve_model_path(path)
-    config = None
-    if run_dir is not None:
-        config = json.loads((run_dir / "config.json").read_text())
+    config = read_run_file(run_dir, "config.json")
     return load_model(model_path), config, run_dir
 
 

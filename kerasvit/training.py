@@ -103,6 +103,8 @@ class TrainingMonitor(keras.callbacks.Callback):
 
 
 def make_callbacks(run_dir, monitor):
+    from kerasvit.tensorboard_images import ConfusionMatrixImage
+
     # Order matters: the monitor fills logs before CSVLogger/TensorBoard read them, and the
     # backup is written last, so a crash between the two repeats an epoch in history.csv
     # (removed by runs.deduplicate_history) rather than losing one.
@@ -111,6 +113,7 @@ def make_callbacks(run_dir, monitor):
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
+        ConfusionMatrixImage(run_dir),
         keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / "backup")),
     ]
 

@@ -1,0 +1,123 @@
+"""Classify image files with a trained model, on whichever backend KERAS_BACKEND names.
+
+    KERAS_BACKEND=tensorflow python -m kerasvit.predict --model runs/<run>/model.keras cat.png plane.jpg
+    python -m kerasvit.predict --model runs/<run> --top-k 3 --json photos/*.jpg
+
+PNG or JPEG of any size, RGB, RGBA or greyscale: converted to RGB and resized to the model's
+input exactly as in evaluation (`kerasvit.data.prepare_images`). A file that cannot be read
+as an image gets one error line; the others are still predicted (exit code 1 in that case).
+"""
+
+import json
+import sys
+
+import numpy as np
+
+from kerasvit import CLASS_NAMES, cli
+
+PROG = "kerasvit.predict"
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, metavar="RUN_OR_KERAS_FILE",
+                        help="a kerasvit run folder or a .keras file (saved under any backend)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser.parse_args(argv)
+
+
+def read_image(path):
+    """An image file -> (uint8 RGB array (H, W, 3), description). Raises ValueError with a
+    one-line reason when the file is missing or not an image PIL can decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, size = image.mode, image.size
+            # convert("RGB") drops alpha by discarding it (not compositing); CIFAR has no
+            # transparency, so there is no better background to assume.
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not an image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        reason = "not an image file" if isinstance(error, UnidentifiedImageError) else \
+            f"cannot be decoded ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        raise ValueError(f"{path}: {reason}; expected a PNG or JPEG") from None
+    return pixels, f"{size[0]}x{size[1]} {mode}"
+
+
+def read_images(paths):
+    """Reads every file; returns ([(path, pixels, description)], [error lines])."""
+    images, errors = [], []
+    for path in paths:
+        try:
+            pixels, description = read_image(path)
+            images.append((path, pixels, description))
+        except ValueError as error:
+            errors.append(str(error))
+    return images, errors
+
+
+def predict_probabilities(model, pixel_arrays):
+    """Softmax probabilities for uint8 RGB arrays of any sizes (one row per image)."""
+    from kerasvit import data, reports
+
+    image_size = model.input_shape[1:3]
+    batch = np.concatenate([data.prepare_images(pixels[None], image_size)
+                            for pixels in pixel_arrays])
+    return reports.softmax(model.predict(batch, verbose=0))
+
+
+def top_k(probabilities, k):
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"class": CLASS_NAMES[i], "probability": float(probabilities[i])} for i in order]
+
+
+def format_table(results):
+    lines = []
+    for result in results:
+        lines.append(f"{result['file']}  ({result['image']})")
+        for rank, entry in enumerate(result["predictions"], start=1):
+            lines.append(f"  {rank}. {entry['class']:<11} {100 * entry['probability']:6.2f}%")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not 1 <= args.top_k <= len(CLASS_NAMES):
+        cli.fail(PROG, f"--top-k must be between 1 and {len(CLASS_NAMES)}, got {args.top_k}")
+    backend = cli.check_backend(PROG)
+    # Files are read before the model is loaded: a typo in a path is reported in a second,
+    # not after the framework start-up.
+    images, errors = read_images(args.images)
+    for error in errors:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    if not images:
+        cli.fail(PROG, "none of the files could be read as an image")
+
+    from kerasvit.loading import LoadError, load_model
+
+    try:
+        model = load_model(args.model)
+    except LoadError as error:
+        cli.fail(PROG, str(error))
+    probabilities = predict_probabilities(model, [pixels for _, pixels, _ in images])
+    results = [
+        {"file": path, "image": description, "predictions": top_k(row, args.top_k)}
+        for (path, _, description), row in zip(images, probabilities)
+    ]
+    if args.json:
+        print(json.dumps({"model": args.model, "backend": backend, "results": results,
+                          "errors": errors}, indent=2))
+    else:
+        print(format_table(results))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""A model trained under this process's backend, loaded and evaluated under the other two
+(in subprocesses with another KERAS_BACKEND): same predictions (max abs difference of
+probabilities <= 1e-4) and the same test accuracy.
+
+The subprocess loads the file with a plain `keras.saving.load_model` after `import kerasvit`,
+as a user's script would: that checks the custom-layer registration and Keras' safe mode.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerasvit import cli, data, loading, reports
+from trained_run import tiny_vit_run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NUM_IMAGES = 500
+TOLERANCE = 1e-4
+
+# Runs in the other backend: plain Keras loading, then the evaluate CLI on the same images.
+CHILD_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import kerasvit  # registers the custom layers for plain keras loading
+    import keras
+    from kerasvit import evaluate, reports
+
+    model_path, images_path, out_dir = sys.argv[1:4]
+    model = keras.saving.load_model(model_path, compile=False)  # safe_mode defaults to True
+    logits = model.predict(np.load(images_path), verbose=0)
+    np.save(out_dir + "/probabilities.npy", reports.softmax(keras.ops.convert_to_numpy(logits)))
+    evaluate.main([model_path, "--out", out_dir, "--test-images", str(len(np.load(images_path))),
+                   "--timing-repeats", "1", "--batch-size", "250"])
+""")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    return tiny_vit_run(tmp_path_factory.getbasetemp())
+
+
+def other_backends():
+    return [name for name in cli.BACKENDS if name != os.environ["KERAS_BACKEND"]]
+
+
+@pytest.fixture(scope="session")
+def cross_backend_results(tiny_run, tmp_path_factory):
+    """Starts one child per other backend (in parallel: each mostly waits on imports) and
+    returns {backend: folder with its probabilities.npy and metrics.json}."""
+    work = tmp_path_factory.mktemp("cross_backend")
+    images, _ = data.load_cifar10(data.resolve_data_dir())["test"]
+    np.save(work / "images.npy", images[:NUM_IMAGES].astype("float32"))
+    children = {}
+    for backend in other_backends():
+        out = work / backend
+        out.mkdir()
+        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO_ROOT)}
+        children[backend] = (out, subprocess.Popen(
+            [sys.executable, "-c", CHILD_SCRIPT, str(tiny_run / "model.keras"),
+             str(work / "images.npy"), str(out)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    results = {}
+    for backend, (out, child) in children.items():
+        output, _ = child.communicate(timeout=300)
+        assert child.returncode == 0, f"{backend} child failed:\n{output[-3000:]}"
+        results[backend] = out
+    return results
+
+
+@pytest.fixture(scope="session")
+def own_probabilities(tiny_run):
+    images, labels = data.load_cifar10(data.resolve_data_dir())["test"]
+    model = loading.load_model(tiny_run)
+    logits = model.predict(images[:NUM_IMAGES].astype("float32"), verbose=0)
+    return reports.softmax(logits), labels[:NUM_IMAGES]
+
+
+@pytest.mark.parametrize("other", other_backends())
+def test_same_probabilities_on_other_backend(other, cross_backend_results, own_probabilities):
+    probabilities, _ = own_probabilities
+    theirs = np.load(cross_backend_results[other] / "probabilities.npy")
+    difference = float(np.max(np.abs(theirs - probabilities)))
+    print(f"{os.environ['KERAS_BACKEND']} -> {other}: max abs probability difference "
+          f"{difference:.2e} over {NUM_IMAGES} images")
+    assert difference <= TOLERANCE
+    assert np.array_equal(np.argmax(theirs, axis=-1), np.argmax(probabilities, axis=-1))
+
+
+@pytest.mark.parametrize("other", other_backends())
+def test_same_accuracy_from_evaluate_on_other_backend(other, cross_backend_results,
+                                                      own_probabilities):
+    probabilities, labels = own_probabilities
+    evaluation = json.loads((cross_backend_results[other] / "metrics.json").read_text())["evaluation"]
+    assert evaluation["backend"] == other
+    assert evaluation["trained_backend"] == os.environ["KERAS_BACKEND"]
+    assert evaluation["test_images"] == NUM_IMAGES
+    own = reports.classification_metrics(labels, probabilities, [str(i) for i in range(10)])
+    assert evaluation["accuracy"] == own["accuracy"]
+    assert evaluation["top5_accuracy"] == own["top5_accuracy"]
+    assert evaluation["confusion_matrix"] == own["confusion_matrix"]
