@@ -1,7 +1,7 @@
 """kerasvit: train, compare and explain CIFAR-10 classifiers with Keras 3 on any backend.
 
 Importing the package does not import keras: the backend is chosen by `KERAS_BACKEND`
-before the first `import keras`, and entry points check it first (see `kerasvit.backend`).
+before the first `import keras`, and entry points check it first (`kerasvit.cli.check_backend`).
 Our custom layers are still registered for a plain `keras.saving.load_model` in a user's
 script: right away if keras is already imported, else as soon as keras finishes importing.
 """
