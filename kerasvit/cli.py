@@ -2,8 +2,10 @@
 that must run before the first `import keras`."""
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -36,3 +38,42 @@ def quiet_framework_logs():
     # users see only warnings and errors unless they set these themselves.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Hides what C++ code writes straight to file descriptor 2 inside the block; replays it
+    if the block fails, so real errors are never lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.buffer.write(captured.read())
+            sys.stderr.flush()
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow (the data pipeline and TensorBoard need it on every backend).
+
+    Its CUDA probing prints lines such as "Could not find cuda drivers" before its own log
+    level applies; on CPU machines they are noise around our one-line messages. TensorFlow
+    is also kept off any GPU: it only feeds data, and must not take memory JAX/torch need."""
+    with native_stderr_silenced():
+        import absl.logging
+        import tensorflow as tf
+
+        absl.logging.set_verbosity(absl.logging.ERROR)  # tfds' INFO/WARNING chatter
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:
+            pass  # Devices already initialised by an earlier import: nothing to change.

@@ -11,13 +11,15 @@ import json
 import tomllib
 from pathlib import Path
 
+from kerasvit.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 AUGMENTATIONS = ("none", "pad_crop_flip", "random_resized_crop_flip")
 JIT_CHOICES = ("auto", "on", "off")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Bad configuration value; the message is shown to the user as one line."""
 
 

@@ -11,16 +11,21 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kerasvit.errors import UserError
+
 NUM_CLASSES = 10
 SPLIT_SEED = 0  # The train/validation split never changes with the training seed.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"  # tfds' source
 
 # Keep TensorFlow off any GPU: it is only the input pipeline, and must not take
 # accelerator memory that JAX or torch need.
-tf.config.set_visible_devices([], "GPU")
+try:
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:
+    pass  # Already initialised (e.g. by kerasvit.cli.import_tensorflow_quietly).
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The data cannot be loaded or split as asked; the message is shown as one line."""
 
 

@@ -10,8 +10,10 @@ import json
 import zipfile
 from pathlib import Path
 
+from kerasvit.errors import UserError
 
-class LoadError(RuntimeError):
+
+class LoadError(UserError, RuntimeError):
     """The model or run cannot be loaded; the message is shown to the user as one line."""
 
 

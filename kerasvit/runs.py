@@ -10,12 +10,14 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from kerasvit.errors import UserError
+
 RUNS_ROOT = Path("runs")
 VERSIONED_PACKAGES = ("keras", "keras-hub", "tensorflow", "tensorflow-datasets", "jax",
                       "jaxlib", "torch", "numpy")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(UserError, RuntimeError):
     """The run folder cannot be used as asked; the message is shown as one line."""
 
 

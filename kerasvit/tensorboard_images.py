@@ -25,14 +25,13 @@ def image_budget(image_size):
 
 
 class ConfusionMatrixImage(keras.callbacks.Callback):
-    """At the end of training, predicts the run's validation images (the split training
-    used, rebuilt from the run's config.json; the cached dataset load makes this cheap) and
-    writes the row-normalised confusion matrix to `<run>/tensorboard/validation` as the
-    image `confusion_matrix`."""
+    """At the end of training, predicts (up to a budget of) the given images and writes the
+    row-normalised confusion matrix to `log_dir` as the TensorBoard image `confusion_matrix`."""
 
-    def __init__(self, run_dir, batch_size=256):
+    def __init__(self, log_dir, images, labels, split="validation", batch_size=256):
         super().__init__()
-        self.run_dir = Path(run_dir)
+        self.log_dir = Path(log_dir)
+        self.images, self.labels, self.split = images, labels, split
         self.batch_size = batch_size
         self.last_epoch = 0
 
@@ -48,32 +47,23 @@ class ConfusionMatrixImage(keras.callbacks.Callback):
             warnings.warn(f"confusion-matrix image not written to TensorBoard: "
                           f"{type(error).__name__}: {error}", stacklevel=2)
 
-    def validation_images(self):
-        from kerasvit import data, runs
-
-        config = runs.read_json(self.run_dir / "config.json")
-        splits = data.load_splits(config.get("data_dir", ""), config["validation_size"],
-                                  config["subset_per_class"])
-        split = "validation" if len(splits["validation"][0]) else "test"
-        images, labels = splits[split]
-        budget = image_budget(self.model.input_shape[1:3])
-        return images[:budget], labels[:budget], split
-
     def write_image(self):
         import tensorflow as tf
 
         from kerasvit import data, reports
 
-        images, labels, split = self.validation_images()
-        batch = data.prepare_images(images, self.model.input_shape[1:3])
+        image_size = self.model.input_shape[1:3]
+        budget = image_budget(image_size)
+        images, labels = self.images[:budget], self.labels[:budget]
+        batch = data.prepare_images(images, image_size)
         logits = self.model.predict(batch, batch_size=self.batch_size, verbose=0)
         metrics = reports.classification_metrics(labels, reports.softmax(logits), CLASS_NAMES)
         figure = reports.confusion_matrix_figure(
             metrics["confusion_matrix"], CLASS_NAMES,
-            title=f"{split} confusion matrix, {len(labels)} images "
+            title=f"{self.split} confusion matrix, {len(labels)} images "
                   f"(accuracy {metrics['accuracy']:.3f})")
         png = tf.image.decode_png(reports.figure_png_bytes(figure), channels=4)
-        writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard" / "validation"))
+        writer = tf.summary.create_file_writer(str(self.log_dir))
         with writer.as_default():
             tf.summary.image("confusion_matrix", png[None], step=self.last_epoch)
         writer.close()

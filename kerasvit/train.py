@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from kerasvit import cli
+from kerasvit.errors import UserError
 from kerasvit.config import (
     ConfigError,
     apply_overrides,
@@ -81,6 +82,14 @@ def resolve_config(args):
     return validate(config)
 
 
+def refuse_existing_run_dir(run_dir):
+    if run_dir and Path(run_dir).exists():
+        raise UserError(
+            f"run folder {run_dir} already exists; choose another --run-dir, or pass "
+            f"--resume {run_dir} to continue it"
+        )
+
+
 def load_resume(run_dir):
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
@@ -102,22 +111,11 @@ def main(argv=None):
             config = load_resume(args.resume)
         else:
             config = resolve_config(args)
+            refuse_existing_run_dir(args.run_dir)
+        cli.import_tensorflow_quietly()
         return run(config, backend, args)
-    except KeyboardInterrupt:
-        raise
-    except Exception as error:
-        if is_user_error(error):
-            cli.fail(PROG, str(error))
-        raise
-
-
-def is_user_error(error):
-    from kerasvit.config import ConfigError
-    from kerasvit.data import DataError
-    from kerasvit.models.vit_b16 import PresetError
-    from kerasvit.runs import RunDirError
-
-    return isinstance(error, (ConfigError, DataError, PresetError, RunDirError))
+    except UserError as error:
+        cli.fail(PROG, str(error))
 
 
 def run(config, backend, args):
@@ -164,7 +162,7 @@ def run(config, backend, args):
         "train_images_per_s": monitor.images_per_second(),
         "train_images_per_s_method": (
             "batch_size / median step time; device synced at each step end; "
-            f"first {monitor.warmup_steps} steps excluded"),
+            f"first {len(monitor.step_times) - len(monitor.measured_steps())} steps excluded"),
         "wall_time_s": time.time() - started,
         "backend": backend,
     }

@@ -75,7 +75,6 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.warmup_steps = warmup_steps
         self.step_times = []
-        self.steps_seen = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -85,9 +84,7 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         float(logs["loss"])  # Forces the step to finish: async backends report early.
-        self.steps_seen += 1
-        if self.steps_seen > self.warmup_steps:
-            self.step_times.append(time.perf_counter() - self.step_start)
+        self.step_times.append(time.perf_counter() - self.step_start)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -96,13 +93,21 @@ class TrainingMonitor(keras.callbacks.Callback):
             )
             logs["epoch_time_s"] = time.perf_counter() - self.epoch_start
 
+    def measured_steps(self):
+        """Step times after warm-up; very short runs keep at least half their steps."""
+        skip = min(self.warmup_steps, len(self.step_times) // 2)
+        return self.step_times[skip:]
+
     def images_per_second(self):
-        if not self.step_times:
+        steps = self.measured_steps()
+        if not steps:
             return None
-        return self.batch_size / float(np.median(self.step_times))
+        return self.batch_size / float(np.median(steps))
 
 
-def make_callbacks(run_dir, monitor):
+def make_callbacks(run_dir, monitor, confusion_images):
+    """The run folder's callbacks; `confusion_images` = (images, labels, split name) for the
+    confusion-matrix image written to TensorBoard at the end of training."""
     from kerasvit.tensorboard_images import ConfusionMatrixImage
 
     # Order matters: the monitor fills logs before CSVLogger/TensorBoard read them, and the
@@ -113,7 +118,7 @@ def make_callbacks(run_dir, monitor):
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
-        ConfusionMatrixImage(run_dir),
+        ConfusionMatrixImage(run_dir / "tensorboard" / "validation", *confusion_images),
         keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / "backup")),
     ]
 
@@ -123,8 +128,8 @@ def count_steps(num_images, batch_size, cap):
     return min(steps, cap) if cap else steps
 
 
-def fit(model, config, splits, run_dir, backend):
-    """Trains `model` per `config`; returns (history, monitor, datasets)."""
+def fit(model, config, splits, run_dir, backend, extra_callbacks=()):
+    """Trains `model` per `config`, logging into `run_dir`; returns (history, monitor)."""
     image_size = model.input_shape[1:3]
     train_images, train_labels = splits["train"]
     train_ds = data.make_dataset(
@@ -143,11 +148,16 @@ def fit(model, config, splits, run_dir, backend):
         validation_data=val_ds,
         epochs=config.epochs,
         steps_per_epoch=steps if config.steps_per_epoch else None,
-        callbacks=make_callbacks(run_dir, monitor),
+        callbacks=[*make_callbacks(run_dir, monitor, confusion_images(splits)), *extra_callbacks],
         shuffle=False,  # The tf.data pipeline shuffles, seeded.
         verbose=1 if sys.stdout.isatty() else 2,
     )
     return history, monitor
+
+
+def confusion_images(splits):
+    split = "validation" if len(splits["validation"][0]) else "test"
+    return (*splits[split], split)
 
 
 def evaluate_test(model, config, splits):

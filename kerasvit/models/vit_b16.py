@@ -7,11 +7,13 @@ stays attached to the model as its preprocessor, so the model takes raw [0, 255]
 
 import os
 
+from kerasvit.errors import UserError
+
 DEFAULT_PRESET = "vit_base_patch16_224_imagenet21k"
 FINETUNE_MODES = ("full", "linear")
 
 
-class PresetError(RuntimeError):
+class PresetError(UserError, RuntimeError):
     """The preset cannot be loaded; the message is shown to the user as one line."""
 
 
