@@ -4,8 +4,10 @@ Import only after the backend is fixed (`kerasvit.cli.check_backend`).
 """
 
 import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -105,6 +107,38 @@ class TrainingMonitor(keras.callbacks.Callback):
         return self.batch_size / float(np.median(steps))
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore with one backup file per finished epoch, written under a temporary
+    name and renamed into place. A kill at any moment leaves the previous or the new backup,
+    never a torn one; Keras' own version writes weights, then the epoch number, in place, so a
+    kill in between loses the run or pairs new weights with an old epoch."""
+
+    def backups(self):
+        return sorted(Path(self.backup_dir).glob("epoch-*.weights.h5"))
+
+    def on_train_begin(self, logs=None):
+        self._load_model()
+
+    def _load_model(self):
+        backups = self.backups()
+        if not backups:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # before loading its state
+        self.model.load_weights(backups[-1])
+        self.model._initial_epoch = int(backups[-1].name.split("-")[1].split(".")[0])
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        final = Path(self.backup_dir) / f"epoch-{self._current_epoch:05d}.weights.h5"
+        partial = final.with_name(f"partial-{self._current_epoch:05d}.weights.h5")
+        self.model.save_weights(partial, overwrite=True)
+        os.replace(partial, final)
+        for older in self.backups():
+            if older != final:
+                older.unlink()
+
+
 def make_callbacks(run_dir, monitor, confusion_images):
     """The run folder's callbacks; `confusion_images` = (images, labels, split name) for the
     confusion-matrix image written to TensorBoard at the end of training."""
@@ -119,7 +153,7 @@ def make_callbacks(run_dir, monitor, confusion_images):
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         ConfusionMatrixImage(run_dir / "tensorboard" / "validation", *confusion_images),
-        keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / "backup")),
+        AtomicBackupAndRestore(backup_dir=str(run_dir / "backup")),
     ]
 
 
