@@ -14,6 +14,7 @@ The function API (`explain_batch`, `explain_image`) works on any loaded model.
 from pathlib import Path
 
 from kerasvit import CLASS_NAMES, cli
+from kerasvit.errors import UserError
 
 PROG = "kerasvit.explain"
 DEFAULT_NUM_IMAGES = 8
@@ -26,7 +27,7 @@ OVERLAY_ALPHA = 0.45
 COLORMAP = "jet"
 
 
-class ExplainError(RuntimeError):
+class ExplainError(UserError, RuntimeError):
     """Bad input for explain; the message is shown to the user as one line."""
 
 
@@ -294,17 +295,16 @@ def check_args(args):
 def main(argv=None):
     args = parse_args(argv)
     cli.check_backend(PROG)
-    from kerasvit.loading import LoadError
-
     try:
         check_args(args)
+        cli.import_tensorflow_quietly()
         return run(args)
-    except (ExplainError, LoadError) as error:
+    except UserError as error:  # bad flag, file, model or data: one line, no traceback
         cli.fail(PROG, str(error))
 
 
 def run(args):
-    from kerasvit import data, loading
+    from kerasvit import loading
 
     model, config, run_dir = loading.load_run(args.model)
     model_name = loading.model_name(model, config)
@@ -316,10 +316,7 @@ def run(args):
         images = read_image_files(args.images, model)
         labels, sources = [None] * len(images), [Path(p).name for p in args.images]
     else:
-        try:
-            images, labels, indices = test_sample(model, args.num_images)
-        except data.DataError as error:
-            raise ExplainError(str(error)) from None
+        images, labels, indices = test_sample(model, args.num_images)
         sources = [f"test image {i}" for i in indices]
     class_index = class_index_of(args.class_name) if args.class_name else None
     entries = explain_and_draw(model, model_name, images, labels, sources, class_index, out_dir)
