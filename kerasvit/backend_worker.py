@@ -19,10 +19,6 @@ import time
 import traceback
 from pathlib import Path
 
-# Steps left out of the throughput median: compilation and caches warm up here. Tiny runs
-# keep fewer so that some steps remain to measure.
-WARMUP_STEPS = 3
-
 
 def main(argv=None):
     mode, spec_path = sys.argv[1:] if argv is None else argv
@@ -120,50 +116,22 @@ def load_splits(config, test_images):
 
 
 def train_and_evaluate(model, config, splits, backend):
-    """One seed: fit with step timing, then the test set with batch timing."""
-    import keras
+    """One seed: fit with step timing (no run-folder files, whose writes would only add
+    noise), then the test set with batch timing."""
+    from kerasvit import training
 
-    from kerasvit import data, training
-
-    image_size = model.input_shape[1:3]
-    train_ds = data.make_dataset(
-        *splits["train"], image_size=image_size, batch_size=config.batch_size,
-        training=True, augmentation=config.augmentation, seed=config.seed,
-    )
-    val_ds = None
-    if len(splits["validation"][0]):
-        val_ds = data.make_dataset(*splits["validation"], image_size=image_size,
-                                   batch_size=config.batch_size, training=False)
-    steps = training.count_steps(len(splits["train"][0]), config.batch_size,
-                                 config.steps_per_epoch)
-    training.compile_model(model, config, steps, backend)
-    StepTimer, EvalTimer = make_timers()
-    # Not training.fit: the comparison needs its own timers and none of the run-folder
-    # callbacks (CSV, TensorBoard, backups), whose writes would only add noise.
-    monitor = StepTimer(config.batch_size, warmup_steps(steps * config.epochs))
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs,
-        steps_per_epoch=steps if config.steps_per_epoch else None,
-        callbacks=[monitor, keras.callbacks.TerminateOnNaN()], shuffle=False, verbose=2,
-    )
-    test_ds = data.make_dataset(*splits["test"], image_size=image_size,
-                                batch_size=config.batch_size, training=False)
-    eval_timer = EvalTimer()
-    test = model.evaluate(test_ds, return_dict=True, verbose=0, callbacks=[eval_timer])
+    history, monitor = training.fit(model, config, splits, backend)
+    eval_timer = make_eval_timer()
+    test = training.evaluate_test(model, config, splits, callbacks=[eval_timer])
     val_history = history.history.get("val_accuracy") or [None]
     return {
         "first_step_s": monitor.first_step_s,
-        "step_times": monitor.step_times,
+        "step_times": monitor.measured_steps(),
         "eval_batch_times": eval_timer.batch_times,
         "val_accuracy": val_history[-1],
         "test_accuracy": float(test["accuracy"]),
         "train_loss": float(history.history["loss"][-1]),
     }
-
-
-def warmup_steps(total_steps):
-    """The standard warm-up, shortened so that a tiny run still measures half its steps."""
-    return max(1, min(WARMUP_STEPS, total_steps // 2))
 
 
 def summarise_seeds(seed_runs):
@@ -241,26 +209,12 @@ def softmax(logits):
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def make_timers():
-    """The timing callbacks; built here because keras may be imported only once the
-    backend is set."""
+def make_eval_timer():
+    """A callback timing evaluation batches (device synced, first batch left out); built
+    here because keras may be imported only once the backend is set."""
     import keras
 
-    from kerasvit.training import TrainingMonitor
-
-    class StepTimer(TrainingMonitor):
-        """TrainingMonitor's steady-state step times, plus the first (compiling) step."""
-
-        first_step_s = None
-
-        def on_train_batch_end(self, batch, logs=None):
-            super().on_train_batch_end(batch, logs)  # Syncs the device first.
-            if self.steps_seen == 1:
-                self.first_step_s = time.perf_counter() - self.step_start
-
     class EvalTimer(keras.callbacks.Callback):
-        """Evaluation batch times, device synced; the first (compiling) batch left out."""
-
         def __init__(self):
             super().__init__()
             self.batch_times = []
@@ -275,7 +229,7 @@ def make_timers():
             if self.batches_seen > 1:
                 self.batch_times.append(time.perf_counter() - self.batch_start)
 
-    return StepTimer, EvalTimer
+    return EvalTimer()
 
 
 MODES = {"train": train_mode, "check": check_mode}

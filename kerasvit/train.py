@@ -141,7 +141,7 @@ def run(config, backend, args):
           f"{len(splits['train'][0])} train / {len(splits['validation'][0])} validation images)")
 
     try:
-        history, monitor = training.fit(model, config, splits, run_dir, backend)
+        history, monitor = training.fit(model, config, splits, backend, run_dir)
     except KeyboardInterrupt:
         cli.fail(PROG, f"interrupted; the last finished epoch is saved. Resume with: "
                        f"python -m kerasvit.train --resume {run_dir}", code=130)

@@ -95,6 +95,11 @@ class TrainingMonitor(keras.callbacks.Callback):
             )
             logs["epoch_time_s"] = time.perf_counter() - self.epoch_start
 
+    @property
+    def first_step_s(self):
+        """The first (compiling) step of this process."""
+        return self.step_times[0] if self.step_times else None
+
     def measured_steps(self):
         """Step times after warm-up; very short runs keep at least half their steps."""
         skip = min(self.warmup_steps, len(self.step_times) // 2)
@@ -139,17 +144,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 older.unlink()
 
 
-def make_callbacks(run_dir, monitor, confusion_images):
+def make_callbacks(run_dir, confusion_images):
     """The run folder's callbacks; `confusion_images` = (images, labels, split name) for the
     confusion-matrix image written to TensorBoard at the end of training."""
     from kerasvit.tensorboard_images import ConfusionMatrixImage
 
-    # Order matters: the monitor fills logs before CSVLogger/TensorBoard read them, and the
-    # backup is written last, so a crash between the two repeats an epoch in history.csv
-    # (removed by runs.deduplicate_history) rather than losing one.
+    # Order matters: they run after TrainingMonitor has filled the logs, and the backup is
+    # written last, so a crash between the CSV row and the backup repeats an epoch in
+    # history.csv (removed by runs.deduplicate_history) rather than losing one.
     return [
-        monitor,
-        keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         ConfusionMatrixImage(run_dir / "tensorboard" / "validation", *confusion_images),
@@ -162,8 +165,9 @@ def count_steps(num_images, batch_size, cap):
     return min(steps, cap) if cap else steps
 
 
-def fit(model, config, splits, run_dir, backend, extra_callbacks=()):
-    """Trains `model` per `config`, logging into `run_dir`; returns (history, monitor)."""
+def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
+    """Trains `model` per `config`; returns (history, monitor). With `run_dir`, logs into the
+    run folder (history.csv, TensorBoard, per-epoch backups for --resume)."""
     image_size = model.input_shape[1:3]
     train_images, train_labels = splits["train"]
     train_ds = data.make_dataset(
@@ -177,12 +181,15 @@ def fit(model, config, splits, run_dir, backend, extra_callbacks=()):
     steps = count_steps(len(train_images), config.batch_size, config.steps_per_epoch)
     compile_model(model, config, steps, backend)
     monitor = TrainingMonitor(config.batch_size)
+    callbacks = [monitor, keras.callbacks.TerminateOnNaN()]
+    if run_dir is not None:
+        callbacks += make_callbacks(run_dir, confusion_images(splits))
     history = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
         steps_per_epoch=steps if config.steps_per_epoch else None,
-        callbacks=[*make_callbacks(run_dir, monitor, confusion_images(splits)), *extra_callbacks],
+        callbacks=[*callbacks, *extra_callbacks],
         shuffle=False,  # The tf.data pipeline shuffles, seeded.
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -194,12 +201,12 @@ def confusion_images(splits):
     return (*splits[split], split)
 
 
-def evaluate_test(model, config, splits):
+def evaluate_test(model, config, splits, callbacks=()):
     image_size = model.input_shape[1:3]
     test_ds = data.make_dataset(*splits["test"], image_size=image_size,
                                 batch_size=config.batch_size, training=False)
     verbose = 1 if sys.stdout.isatty() else 0
-    return model.evaluate(test_ds, return_dict=True, verbose=verbose)
+    return model.evaluate(test_ds, return_dict=True, verbose=verbose, callbacks=list(callbacks))
 
 
 def best_validation_accuracy(history_path):
