@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasvit import CLASS_NAMES, cli
+from kerasvit.errors import UserError
 
 PROG = "kerasvit.evaluate"
 WARMUP_CALLS = 2  # The first calls trace/compile (TF graphs, XLA) and fill caches.
@@ -51,16 +52,14 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     backend = cli.check_backend(PROG)
-    from kerasvit.data import DataError
-    from kerasvit.loading import LoadError
-
+    cli.import_tensorflow_quietly()
     try:
         return evaluate(args, backend)
-    except (LoadError, DataError, OutputError) as error:
+    except UserError as error:
         cli.fail(PROG, str(error))
 
 
-class OutputError(RuntimeError):
+class OutputError(UserError, RuntimeError):
     """The output folder cannot be written; the message is shown as one line."""
 
 

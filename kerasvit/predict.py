@@ -102,6 +102,7 @@ def main(argv=None):
 
     from kerasvit.loading import LoadError, load_model
 
+    cli.import_tensorflow_quietly()
     try:
         model = load_model(args.model)
     except LoadError as error:
