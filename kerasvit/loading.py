@@ -7,6 +7,7 @@ torch records a torch-only optimizer that fails on other backends.
 """
 
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -54,7 +55,11 @@ def load_model(path, safe_mode=True):
     if "keras_hub" in json.dumps(archive_config):
         import keras_hub  # noqa: F401  (registers keras-hub's classes)
     try:
-        return keras.models.load_model(model_path, compile=False, safe_mode=safe_mode)
+        with warnings.catch_warnings():
+            # keras-hub tasks compile themselves when rebuilt, so Keras warns that the saved
+            # optimizer state does not fit; we load for inference and never use it.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            return keras.models.load_model(model_path, compile=False, safe_mode=safe_mode)
     except Exception as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise LoadError(f"cannot load {model_path}: {message[:200]}") from None
