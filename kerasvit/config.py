@@ -17,6 +17,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 AUGMENTATIONS = ("none", "pad_crop_flip", "random_resized_crop_flip")
 JIT_CHOICES = ("auto", "on", "off")
+DISTRIBUTE_CHOICES = ("none", "data_parallel")  # see kerasvit.distribution
 
 
 class ConfigError(UserError, ValueError):
@@ -45,6 +46,8 @@ class TrainConfig:
     data_dir: str = ""
     # 0 means a full pass over the training split; a positive value caps each epoch.
     steps_per_epoch: int = 0
+    # "data_parallel": split each (global) batch over every device; JAX only.
+    distribute: str = "none"
     model_args: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
@@ -184,6 +187,10 @@ def validate(config):
     if config.jit_compile not in JIT_CHOICES:
         raise ConfigError(
             f"jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}"
+        )
+    if config.distribute not in DISTRIBUTE_CHOICES:
+        raise ConfigError(
+            f"distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {config.distribute!r}"
         )
     return config
 

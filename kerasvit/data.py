@@ -160,13 +160,21 @@ AUGMENT_FUNCTIONS = {
 
 
 def make_dataset(images, labels, *, image_size, batch_size, training,
-                 augmentation="none", seed=0):
-    """tf.data pipeline of (float32 images in [0, 255], one-hot labels) batches."""
+                 augmentation="none", seed=0, batch_multiple=1):
+    """tf.data pipeline of (float32 images in [0, 255], one-hot labels) batches.
+
+    `batch_multiple`: every batch, the last one included, holds a multiple of this many
+    images (data-parallel evaluation splits each batch evenly over the devices; see
+    kerasvit.distribution). The few images beyond that are left out; training batches are
+    always full anyway."""
     if training and len(images) < batch_size:
         raise DataError(
             f"batch_size {batch_size} is larger than the {len(images)} training images; "
             "lower --batch-size or use more data"
         )
+    if not training and batch_multiple > 1:
+        keep = len(images) - (len(images) % batch_size) % batch_multiple
+        images, labels = images[:keep], labels[:keep]
     image_size = tuple(int(s) for s in image_size)
     transform = AUGMENT_FUNCTIONS[augmentation if training else "none"]
 

@@ -11,7 +11,7 @@ test evaluation -> model.keras + metrics.json.
 import time
 from pathlib import Path
 
-from kerasvit import cli
+from kerasvit import cli, distribution
 from kerasvit.errors import UserError
 from kerasvit.config import (
     ConfigError,
@@ -37,6 +37,7 @@ FLAG_KEYS = {
     "mixed_precision": "mixed_precision",
     "preset": "model_args.preset",
     "finetune": "model_args.finetune",
+    "distribute": "distribute",
 }
 VIT_B16_ONLY = ("preset", "finetune")
 
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set model_args.num_layers=8")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder")
+    distribution.add_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -107,11 +109,15 @@ def main(argv=None):
     args = parse_args(argv)
     backend = cli.check_backend(PROG)
     try:
+        args.hosts = distribution.hosts_from(args)
         if args.resume:
+            args.resume = distribution.path_for_process(args.resume, args.hosts)
             config = load_resume(args.resume)
         else:
             config = resolve_config(args)
+            args.run_dir = distribution.path_for_process(args.run_dir, args.hosts)
             refuse_existing_run_dir(args.run_dir)
+        distribution.check_request(config.distribute, backend, args.hosts)
         cli.import_tensorflow_quietly()
         return run(config, backend, args)
     except UserError as error:
@@ -128,17 +134,21 @@ def run(config, backend, args):
     import keras
 
     keras.utils.set_random_seed(config.seed)
+    distributed = distribution.setup(config.distribute, config.batch_size, args.hosts)
     splits = data.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
     model = models.build_model(config.model, **config.model_args)
 
     if args.resume:
         run_dir = Path(args.resume)
     else:
-        run_dir = runs.new_run_dir(config.model, backend, args.run_dir)
+        worker_dir = distribution.default_run_dir(config.model, backend, args.hosts, runs.RUNS_ROOT)
+        run_dir = runs.new_run_dir(config.model, backend, args.run_dir or worker_dir)
         runs.write_json(run_dir / "config.json", config.to_dict())
-        runs.write_json(run_dir / "env.json", runs.collect_env(backend))
+        runs.write_json(run_dir / "env.json", {**runs.collect_env(backend), "distribution": distributed})
     print(f"run folder: {run_dir}  (model {config.model}, backend {backend}, "
           f"{len(splits['train'][0])} train / {len(splits['validation'][0])} validation images)")
+    if note := distribution.evaluation_note(splits, config.batch_size):
+        print(note)
 
     try:
         history, monitor = training.fit(model, config, splits, backend, run_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerasvit import data, runs
+from kerasvit import data, distribution, runs
 
 # Norms, biases and embeddings are not decayed (standard for AdamW on ViTs and CNNs).
 NO_DECAY_NAMES = ["bias", "gamma", "beta", "class_token", "positions", "position_embedding",
@@ -176,8 +176,10 @@ def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
     )
     val_ds = None
     if len(splits["validation"][0]):
-        val_ds = data.make_dataset(*splits["validation"], image_size=image_size,
-                                   batch_size=config.batch_size, training=False)
+        val_ds = data.make_dataset(
+            *splits["validation"], image_size=image_size, batch_size=config.batch_size,
+            training=False,
+            batch_multiple=distribution.evaluation_batch_multiple(config.batch_size))
     steps = count_steps(len(train_images), config.batch_size, config.steps_per_epoch)
     compile_model(model, config, steps, backend)
     monitor = TrainingMonitor(config.batch_size)
@@ -203,8 +205,9 @@ def confusion_images(splits):
 
 def evaluate_test(model, config, splits, callbacks=()):
     image_size = model.input_shape[1:3]
-    test_ds = data.make_dataset(*splits["test"], image_size=image_size,
-                                batch_size=config.batch_size, training=False)
+    test_ds = data.make_dataset(
+        *splits["test"], image_size=image_size, batch_size=config.batch_size, training=False,
+        batch_multiple=distribution.evaluation_batch_multiple(config.batch_size))
     verbose = 1 if sys.stdout.isatty() else 0
     return model.evaluate(test_ds, return_dict=True, verbose=verbose, callbacks=list(callbacks))
 
