@@ -123,30 +123,36 @@ def load_splits(data_dir="", validation_size=5000, subset_per_class=0):
     }
 
 
-def pad_crop_flip(image, image_size):
+# Augmentations use stateless random ops with a seed per image drawn from a seeded stream:
+# stateful ops inside a parallel map give different crops on every run of the same seed.
+
+def pad_crop_flip(image, image_size, seed):
     """Random 4-pixel translation (reflect padding) and horizontal flip."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="REFLECT")
-    image = tf.image.random_crop(padded, tf.shape(image))
-    image = tf.image.random_flip_left_right(image)
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return resize(image, image_size)
 
 
-def random_resized_crop_flip(image, image_size):
+def random_resized_crop_flip(image, image_size, seed):
     """Inception-style crop (8%-100% of the area is too harsh at 32 px; 25%-100% here)."""
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.zeros([1, 0, 4]),
+        seed=crop_seed,
         area_range=(0.25, 1.0),
         aspect_ratio_range=(3 / 4, 4 / 3),
         min_object_covered=0.0,
         use_image_if_no_bounding_boxes=True,
     )
     image = tf.slice(image, begin, size)
-    image = tf.image.random_flip_left_right(image)
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return tf.image.resize(image, image_size, method="bilinear")
 
 
-def resize(image, image_size):
+def resize(image, image_size, seed=None):
     if tuple(image.shape[:2]) == tuple(image_size):
         return image
     return tf.image.resize(image, image_size, method="bilinear")
@@ -178,13 +184,17 @@ def make_dataset(images, labels, *, image_size, batch_size, training,
     image_size = tuple(int(s) for s in image_size)
     transform = AUGMENT_FUNCTIONS[augmentation if training else "none"]
 
-    def prepare(image, label):
-        image = transform(tf.cast(image, tf.float32), image_size)
+    def prepare(example, image_seed):
+        image, label = example
+        image = transform(tf.cast(image, tf.float32), image_size, image_seed)
         return image, tf.one_hot(label, NUM_CLASSES)
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    # One [2]-int seed per image; a new (deterministic) stream each epoch.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=training)
     return dataset.prefetch(tf.data.AUTOTUNE)

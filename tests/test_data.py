@@ -69,3 +69,21 @@ def test_missing_data_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     with pytest.raises(data.DataError, match="--data-dir DIR or set TFDS_DATA_DIR"):
         data.load_cifar10(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("augmentation, size", [
+    ("pad_crop_flip", (32, 32)), ("random_resized_crop_flip", (48, 48)),
+])
+def test_augmentation_is_reproducible_per_seed_and_new_each_epoch(cifar_splits, augmentation, size):
+    images, labels = cifar_splits["train"]
+
+    def two_epochs(seed):
+        dataset = data.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
+                                    augmentation=augmentation, seed=seed)
+        return [[x for x, _ in dataset.as_numpy_iterator()] for _ in range(2)]
+
+    first, again, other_seed = two_epochs(3), two_epochs(3), two_epochs(4)
+    for epoch in range(2):
+        assert all(np.array_equal(a, b) for a, b in zip(first[epoch], again[epoch]))
+    assert not np.array_equal(first[0][0], first[1][0])
+    assert not np.array_equal(first[0][0], other_seed[0][0])
