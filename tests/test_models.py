@@ -39,7 +39,7 @@ def test_saved_model_predicts_the_same_after_loading(tmp_path, name, cifar_batch
     np.testing.assert_allclose(probabilities(loaded, images), probabilities(model, images), atol=1e-6)
 
 
-@pytest.mark.parametrize("name, epochs, learning_rate", [("cnn", 6, 5e-3), ("vit", 12, 2e-3)])
+@pytest.mark.parametrize("name, epochs, learning_rate", [("cnn", 10, 3e-3), ("vit", 12, 2e-3)])
 def test_model_learns_on_real_cifar(name, epochs, learning_rate, cifar_batch, backend):
     keras.utils.set_random_seed(0)
     images, labels = cifar_batch
