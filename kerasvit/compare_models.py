@@ -278,6 +278,10 @@ def duration(seconds):
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def parameter_count(count):
+    return f"{count / 1e6:.2f}M" if count >= 1e5 else f"{count / 1e3:.1f}k"
+
+
 def run_label(row, rows):
     """`model (backend)`, or the run folder's name when that is ambiguous."""
     label = f"{row['model']} ({row['backend']})"
@@ -290,7 +294,7 @@ MARKDOWN_COLUMNS = (
     ("run", lambda r: f"`{r['run']}`"),
     ("model", lambda r: r["model"]),
     ("backend", lambda r: r["backend"]),
-    ("params", lambda r: f"{r['parameters'] / 1e6:.2f}M"),
+    ("params", lambda r: parameter_count(r["parameters"])),
     ("file MB", lambda r: fmt(r["model_file_mb"], ".1f")),
     ("epochs", lambda r: str(r["epochs"])),
     ("train time", lambda r: duration(r["train_time_s"])),
@@ -341,7 +345,8 @@ def caveats(report):
         reference = ", ".join(f"{k}={v!r}" for k, v in report["reference_data_settings"].items())
         lines.append(f"- **Not directly comparable**: {len(flagged)} run(s) differ from the "
                      f"others' data settings ({reference}); see the last column. Their "
-                     "accuracies measure a different task.")
+                     "accuracies measure a different task. In models.png they have hollow markers "
+                     "and dotted curves.")
     if len(report["timing_measured_on"]) > 1:
         lines.append("- Latency and throughput were measured on different backends or machines ("
                      + "; ".join(report["timing_measured_on"]) + "): compare them only within "
@@ -391,7 +396,7 @@ def write_csv(rows, path):
 def screen_table(rows):
     lines = [f"{'#':>2}  {'run':<40} {'params':>8} {'test acc':>8} {'latency ms':>10}  Pareto"]
     for row in rows:
-        lines.append(f"{row['rank']:>2}  {row['run']:<40} {row['parameters'] / 1e6:>7.2f}M "
+        lines.append(f"{row['rank']:>2}  {row['run']:<40} {parameter_count(row['parameters']):>8} "
                      f"{fmt(row['test_accuracy']):>8} {fmt(row['latency_ms'], '.2f'):>10}  "
                      f"{'yes' if row['pareto'] else ''}"
                      + ("" if row["comparable"] else "  (not directly comparable)"))
@@ -424,6 +429,9 @@ def plot(rows, histories, path):
     by_time.set(title="Validation accuracy over training time",
                 xlabel="training time (min, on the machine that trained it)",
                 ylabel="validation accuracy")
+    from matplotlib.ticker import MaxNLocator
+
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axes in (by_epoch, by_time):
         axes.grid(alpha=0.3)
         if axes.has_data():
@@ -444,10 +452,13 @@ def plot_tradeoff(axes, rows, colours):
                       xytext=(5, 4), textcoords="offset points", fontsize=8)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["latency_ms"])
     if front:
-        axes.plot([r["latency_ms"] for r in front], [r["test_accuracy"] for r in front],
-                  drawstyle="steps-post", color="black", linestyle="--", linewidth=1,
-                  label="Pareto front", zorder=2)
-        axes.legend(fontsize=8, loc="lower right")
+        latencies, accuracies = [r["latency_ms"] for r in front], [r["test_accuracy"] for r in front]
+        axes.scatter(latencies, accuracies, s=220, facecolors="none", edgecolors="black",
+                     linewidths=1, label="Pareto front", zorder=2)
+        axes.plot(latencies, accuracies, drawstyle="steps-post", color="black", linestyle="--",
+                  linewidth=1, zorder=2)
+        axes.legend(fontsize=8, loc="best")
+    axes.margins(0.15)  # Room for the labels of the extreme points.
     latencies = [r["latency_ms"] for r in rows if r["latency_ms"]]
     if latencies and max(latencies) > 10 * min(latencies):
         axes.set_xscale("log")

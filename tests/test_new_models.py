@@ -35,7 +35,11 @@ def probabilities(model, images):
 
 
 @pytest.mark.parametrize("name", NEW_MODELS)
-def test_default_model_has_cifar_shapes_and_expected_size(name):
+def test_default_model_has_cifar_shapes_and_expected_size(name, backend):
+    if backend == "jax":
+        # The graph is the same on every backend, and JAX on CPU compiles each initializer
+        # separately: ~30 s per full-size build here. The tiny builds below run on JAX too.
+        pytest.skip("full-size build checked on tensorflow and torch")
     model = build_model(name)
     assert model.name == name  # loading.model_name falls back to it for lone .keras files
     assert model.input_shape == (None, 32, 32, 3)
