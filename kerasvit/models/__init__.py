@@ -27,7 +27,7 @@ def _registry():
         "vit": ModelSpec("vit", build_vit, "ViT from Keras layers for 32x32 (patch 4), ~1.8M params", "attention"),
         "vit_b16": ModelSpec("vit_b16", build_vit_b16, "keras-hub ViT-B/16 fine-tuned at 224x224, ~86M params", "attention"),
         "resnet18": ModelSpec("resnet18", build_resnet18, "CIFAR ResNet-18 (3x3 stem, no max-pool), ~11.2M params", "gradcam"),
-        "mobilenet": ModelSpec("mobilenet", build_mobilenet, "MobileNetV2 with CIFAR strides for 32x32, ~2.2M params", "gradcam"),
+        "mobilenet": ModelSpec("mobilenet", build_mobilenet, "MobileNetV2 with CIFAR strides for 32x32, ~2.3M params", "gradcam"),
     }
 
 

@@ -15,7 +15,7 @@ keras-hub has no MobileNetV2 (its `MobileNetBackbone` is the V3 family at 224x22
 So this is the same architecture (inverted residual blocks: 1x1 expansion, 3x3 depthwise,
 linear 1x1 projection, ReLU6, residual when the shape is kept) with the CIFAR strides. The
 defaults are the paper's table 2 with strides (1, 1, 2, 2, 1, 2, 1) and a stride-1 stem,
-~2.2M parameters. Argument names follow keras-hub's MobileNet backbone where they exist
+~2.3M parameters. Argument names follow keras-hub's MobileNet backbone where they exist
 (one value per stage instead of its per-block lists).
 """
 
