@@ -41,6 +41,8 @@ class TrainConfig:
     # 0 means every training image; N takes the first N images of each class.
     subset_per_class: int = 0
     validation_size: int = 5000
+    # 0 means the whole 10,000-image test split; N tests on its first N images (quick checks).
+    test_images: int = 0
     augmentation: str = "pad_crop_flip"
     # "" means $TFDS_DATA_DIR, else TFDS's default (~/tensorflow_datasets).
     data_dir: str = ""
@@ -176,8 +178,8 @@ def validate(config):
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
     if config.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}")
-    for name in ("subset_per_class", "validation_size", "steps_per_epoch", "weight_decay",
-                 "warmup_epochs", "label_smoothing"):
+    for name in ("subset_per_class", "validation_size", "test_images", "steps_per_epoch",
+                 "weight_decay", "warmup_epochs", "label_smoothing"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if config.augmentation not in AUGMENTATIONS:

@@ -136,6 +136,8 @@ def run(config, backend, args):
     keras.utils.set_random_seed(config.seed)
     distributed = distribution.setup(config.distribute, config.batch_size, args.hosts)
     splits = data.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
+    if config.test_images:
+        splits["test"] = tuple(array[:config.test_images] for array in splits["test"])
     model = models.build_model(config.model, **config.model_args)
 
     if args.resume:
@@ -169,6 +171,7 @@ def run(config, backend, args):
         "best_val_accuracy": training.best_validation_accuracy(run_dir / "history.csv"),
         "epochs": config.epochs,
         "train_images": int(len(splits["train"][0])),
+        "test_images": int(len(splits["test"][0])),
         "train_images_per_s": monitor.images_per_second(),
         "train_images_per_s_method": (
             "batch_size / median step time; device synced at each step end; "

@@ -14,7 +14,8 @@ import pytest
 from kerasvit import train
 
 TINY = ["--subset-per-class", "5", "--epochs", "1", "--batch-size", "25",
-        "--set", "validation_size=100", "--set", "model_args.widths=[16, 32, 64]",
+        "--set", "validation_size=100", "--set", "test_images=500",
+        "--set", "model_args.widths=[16, 32, 64]",
         "--set", "model_args.stem_width=16"]
 RUN_FILES = ("config.json", "env.json", "history.csv", "model.keras", "metrics.json")
 
@@ -54,6 +55,7 @@ def test_run_folder_has_every_file(two_runs, backend):
     env = json.loads((run_dir / "env.json").read_text())
     assert env["backend"] == backend and env["versions"]["keras"] and env["num_devices"] >= 1
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_images"] == 500
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
     assert metrics["train_images_per_s"] > 0
     with open(run_dir / "history.csv") as f:
@@ -118,7 +120,8 @@ def test_unknown_backend_is_refused_before_keras_loads(tmp_path):
 def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
     run_dir = tmp_path / "runs" / "killed"
     args = ["--model", "cnn", "--subset-per-class", "5", "--epochs", "4", "--batch-size", "25",
-            "--set", "validation_size=50", "--set", "model_args.widths=[8, 16, 32]",
+            "--set", "validation_size=50", "--set", "test_images=100",
+            "--set", "model_args.widths=[8, 16, 32]",
             "--set", "model_args.stem_width=8", "--run-dir", str(run_dir)]
     process = subprocess.Popen([sys.executable, "-m", "kerasvit.train", *args], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
