@@ -71,7 +71,9 @@ def unreachable_reason(url, timeout_s=10):
     import urllib.request
 
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s)
+        # A fresh opener reads the proxy settings now; urlopen's global one keeps its first.
+        opener = urllib.request.build_opener()
+        opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout_s)
         return None
     except urllib.error.HTTPError:
         return None  # The host answered; let tfds do the real download.

@@ -228,7 +228,10 @@ def wait_until_serving(url, server, log_path):
         if server.poll() is not None:
             pytest.fail(f"the demo exited with {server.returncode}:\n{log_path.read_text()}")
         try:
-            with urllib.request.urlopen(url, timeout=15):  # slow answers on a loaded CPU
+            # A fresh opener without proxies: urlopen's global opener keeps the proxy settings
+            # of its first use, which another test may have pointed at a dead port.
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(url, timeout=15):  # slow answers on a loaded CPU
                 return
         except OSError:
             time.sleep(0.5)
