@@ -22,14 +22,7 @@ import time
 from pathlib import Path
 
 from kerasvit import cli, compare_report, runs
-from kerasvit.config import (
-    ConfigError,
-    apply_overrides,
-    config_path_for_model,
-    load_config_file,
-    set_value,
-    validate,
-)
+from kerasvit.config import ConfigError, resolve
 
 PROG = "kerasvit.compare_backends"
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -80,18 +73,8 @@ def parse_args(argv=None):
 
 def resolve_config(args):
     """Config file, then flags, then --set overrides; checked before any worker starts."""
-    if args.config:
-        config = load_config_file(args.config)
-        if args.model and args.model != config.model:
-            raise ConfigError(f"--model {args.model} contradicts model = {config.model!r} in {args.config}")
-    else:
-        config = load_config_file(config_path_for_model(args.model or "cnn"))
-    for dest, key in FLAG_KEYS.items():
-        value = getattr(args, dest)
-        if value is not None:
-            set_value(config, key, value)
-    apply_overrides(config, args.set)
-    return validate(config)
+    flag_values = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()}
+    return resolve(args.config, args.model, flag_values, args.set)
 
 
 def parse_backends(text):

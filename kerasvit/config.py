@@ -141,6 +141,22 @@ def apply_overrides(config, assignments):
     return config
 
 
+def resolve(config_file, model, flag_values, overrides):
+    """The config of an entry point: `config_file` (else configs/<model>.toml), then the flags
+    given ({key: value}, None meaning not given), then `KEY=VALUE` overrides; validated."""
+    if config_file:
+        config = load_config_file(config_file)
+        if model and model != config.model:
+            raise ConfigError(f"--model {model} contradicts model = {config.model!r} in {config_file}")
+    else:
+        config = load_config_file(config_path_for_model(model or "cnn"))
+    for key, value in flag_values.items():
+        if value is not None:
+            set_value(config, key, value)
+    apply_overrides(config, overrides)
+    return validate(config)
+
+
 def check_model_args(config, builder):
     """Checks `config.model_args` against the builder's keyword arguments and their types."""
     parameters = inspect.signature(builder).parameters

@@ -13,16 +13,7 @@ from pathlib import Path
 
 from kerasvit import cli, distribution
 from kerasvit.errors import UserError
-from kerasvit.config import (
-    ConfigError,
-    apply_overrides,
-    check_model_args,
-    config_from_dict,
-    config_path_for_model,
-    load_config_file,
-    set_value,
-    validate,
-)
+from kerasvit.config import ConfigError, check_model_args, config_from_dict, resolve
 
 PROG = "kerasvit.train"
 
@@ -67,21 +58,12 @@ def parse_args(argv=None):
 
 def resolve_config(args):
     """Config file, then flags, then --set overrides; checked, before keras is imported."""
-    if args.config:
-        config = load_config_file(args.config)
-        if args.model and args.model != config.model:
-            raise ConfigError(f"--model {args.model} contradicts model = {config.model!r} in {args.config}")
-    else:
-        config = load_config_file(config_path_for_model(args.model or "cnn"))
-    for dest, key in FLAG_KEYS.items():
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if dest in VIT_B16_ONLY and config.model != "vit_b16":
+    flag_values = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()}
+    config = resolve(args.config, args.model, flag_values, args.set)
+    for dest in VIT_B16_ONLY:
+        if getattr(args, dest) is not None and config.model != "vit_b16":
             raise ConfigError(f"--{dest} applies only to --model vit_b16, not {config.model}")
-        set_value(config, key, value)
-    apply_overrides(config, args.set)
-    return validate(config)
+    return config
 
 
 def refuse_existing_run_dir(run_dir):
