@@ -1,0 +1,196 @@
+"""The Keras contenders (imported only inside a worker, after KERAS_BACKEND is set).
+
+Each contender is kerasvit's own model, compiled by `kerasvit.training.compile_model` (the
+AdamW, schedule, label-smoothed loss and metrics of `python -m kerasvit.train`) with the
+contender's precision and jit_compile, and trained through `model.fit` on a tf.data dataset
+as kerasvit.train feeds it. Previews build kerasvit's model with one change (see
+bench/contenders.py).
+"""
+
+import time
+
+import keras
+import numpy as np
+
+from kerasvit import training
+from kerasvit.config import config_from_dict
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time between consecutive training-step ends, the device synced at each end
+    (`float(loss)` blocks until the step has finished, on every backend).
+
+    Interval timing, not begin->end, so that every backend's time includes fetching the
+    batch: TF pulls it inside the train function, JAX and torch before
+    `on_train_batch_begin`. The first interval also holds fit()'s start-up; drop it."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_begin(self, logs=None):
+        self.last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+
+
+def count_params(model):
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+def build_cnn_channels_first(image_shape=(32, 32, 3), num_classes=10, stem_width=32,
+                             widths=(64, 128, 256), dropout_rate=0.0):
+    """kerasvit's build_cnn, layer for layer, in channels_first: the NHWC input is permuted
+    once, then every conv/pool/BN works on NCHW (torch's native layout)."""
+    from kerasvit.models.cnn import CIFAR_MEAN, CIFAR_VARIANCE
+
+    fmt = "channels_first"
+
+    def block(x, filters, name, pool=False):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, data_format=fmt,
+                                name=f"{name}_conv")(x)
+        if pool:
+            x = keras.layers.MaxPooling2D(2, data_format=fmt, name=f"{name}_pool")(x)
+        x = keras.layers.BatchNormalization(axis=1, momentum=0.9, epsilon=1e-5,
+                                            name=f"{name}_bn")(x)
+        return keras.layers.Activation("gelu", name=f"{name}_act")(x)
+
+    inputs = keras.Input(shape=tuple(image_shape), name="images")
+    x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(inputs)
+    x = keras.layers.Normalization(axis=1, mean=CIFAR_MEAN, variance=CIFAR_VARIANCE,
+                                   name="normalize")(x)
+    x = block(x, stem_width, "stem")
+    for index, width in enumerate(widths, start=1):
+        x = block(x, width, f"block{index}_a", pool=True)
+        x = block(x, width, f"block{index}_b")
+    features = keras.layers.GlobalMaxPooling2D(data_format=fmt, name="features")(x)
+    features = keras.layers.Dropout(dropout_rate, name="dropout")(features)
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name="head")(features)
+    return keras.Model(inputs, outputs, name="cnn_channels_first")
+
+
+def build_vit_fused_attention(**model_args):
+    """kerasvit's build_vit with TransformerBlocks that ask MultiHeadAttention for the
+    scores only when the caller wants them (explain), so training and inference take
+    Keras' ops.dot_product_attention path (torch SDPA, fused attention on JAX)."""
+    import kerasvit.models.vit as vit_module
+    from kerasvit.models.vit_layers import TransformerBlock
+
+    class FusedAttentionBlock(TransformerBlock):
+        def call(self, x, training=None, return_attention_scores=False):
+            if return_attention_scores:
+                return super().call(x, training=training, return_attention_scores=True)
+            normed = self.norm_1(x)
+            attended = self.attention(normed, normed, training=training)
+            x = x + self.drop_path(self.dropout(attended, training=training), training)
+            hidden = self.mlp_out(self.dropout(self.mlp_in(self.norm_2(x)), training=training))
+            return x + self.drop_path(self.dropout(hidden, training=training), training)
+
+    original = vit_module.TransformerBlock
+    vit_module.TransformerBlock = FusedAttentionBlock  # only while this model is built
+    try:
+        return vit_module.build_vit(**model_args)
+    finally:
+        vit_module.TransformerBlock = original
+
+
+def build_vit_b16(arch, num_classes=10):
+    """kerasvit's vit_b16 architecture (keras-hub ViTImageClassifier on a ViTBackbone,
+    logits, no dropout) with random weights: built from arguments, no preset download.
+    No preprocessor: the benchmark feeds already scaled 224x224 images to every contender."""
+    import keras_hub
+
+    arch = dict(arch)
+    arch["image_shape"] = tuple(arch["image_shape"])
+    backbone = keras_hub.models.ViTBackbone(**arch)
+    return keras_hub.models.ViTImageClassifier(
+        backbone=backbone, num_classes=num_classes, activation=None, dropout=0.0,
+        preprocessor=None)
+
+
+def build_model(spec, contender):
+    from kerasvit import models
+
+    model_name = spec["model"]
+    if model_name == "vit_b16":
+        return build_vit_b16(spec["arch"])
+    args = dict(spec["config"]["model_args"])
+    change = contender.get("change")
+    if change == "channels_first":
+        return build_cnn_channels_first(**args)
+    if change == "fused_attention":
+        return build_vit_fused_attention(**args)
+    return models.build_model(model_name, **args)
+
+
+class KerasContender:
+    def __init__(self, spec, contender, dataset, eval_batches, backend):
+        self.spec = spec
+        self.contender = contender
+        self.dataset = dataset
+        self.eval_batches = eval_batches
+        self.eval_index = 0
+        self.mixed = contender["precision"] == "bf16"
+        config = config_from_dict(spec["config"])
+        config.jit_compile = "on" if contender["jit"] else "off"
+        config.mixed_precision = self.mixed
+        with self.policy():
+            keras.utils.set_random_seed(0)
+            self.model = build_model(spec, contender)
+            training.compile_model(self.model, config, steps_per_epoch=1000, backend=backend)
+        self.jit_compile = bool(self.model.jit_compile)
+
+    def policy(self):
+        """kerasvit.train sets the global policy once per process; here several models share
+        a process, so each contender's calls run under its own policy."""
+        contender = self
+
+        class Scope:
+            def __enter__(self):
+                training.set_precision(contender.mixed)
+
+            def __exit__(self, *exc):
+                training.set_precision(False)
+
+        return Scope()
+
+    def info(self):
+        trainable, frozen = count_params(self.model)
+        return {"params": {"trainable": trainable, "non_trainable": frozen,
+                           "total": trainable + frozen},
+                "jit_compile_resolved": self.jit_compile,
+                "dtype_policy": "mixed_bfloat16" if self.mixed else "float32"}
+
+    def train(self, steps):
+        timer = StepTimer()
+        with self.policy():
+            self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0,
+                           callbacks=[timer], shuffle=False)
+        return timer.times
+
+    def evaluate(self, steps):
+        """kerasvit.evaluate's throughput measure: predict_on_batch on in-memory images
+        (returns numpy, so each call includes the device sync)."""
+        times = []
+        with self.policy():
+            for _ in range(steps):
+                batch = self.eval_batches[self.eval_index % len(self.eval_batches)]
+                self.eval_index += 1
+                start = time.perf_counter()
+                self.model.predict_on_batch(batch)
+                times.append(time.perf_counter() - start)
+        return times
+
+
+def make_dataset(x, y, batch_size):
+    """Pre-made real (augmented) batches, repeated, through tf.data as kerasvit feeds fit."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    return dataset.batch(batch_size, drop_remainder=True).repeat().prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,285 @@
+"""Plain PyTorch re-implementations of kerasvit's `cnn` and `vit`, layer for layer, and the
+Hugging Face ViT-B/16 used as the native baseline for `vit_b16`.
+
+Same layers, widths, initial-value-independent shapes and parameter counts as
+`kerasvit.models.cnn.build_cnn` and `kerasvit.models.vit.build_vit` (checked in
+tests/test_bench.py and by bench/throughput.py at every run). Inputs are float images in
+[0, 255], NCHW (any memory format), normalised inside the model as the Keras models do.
+
+Nothing here imports keras or TensorFlow.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# kerasvit.models.cnn.CIFAR_MEAN / CIFAR_VARIANCE (copied: importing kerasvit.models.cnn
+# would import keras, which this module must not).
+CIFAR_MEAN = (125.31, 122.95, 113.87)
+CIFAR_STD = (62.99, 62.09, 66.70)
+
+CNN_DEFAULTS = dict(stem_width=32, widths=(64, 128, 256), dropout_rate=0.0, num_classes=10)
+VIT_DEFAULTS = dict(image_shape=(32, 32, 3), patch_size=4, num_layers=6, num_heads=4, hidden_dim=192,
+                    mlp_dim=384, dropout_rate=0.0, attention_dropout=0.0, drop_path_rate=0.1,
+                    layer_norm_epsilon=1e-6, num_classes=10)
+# ViT-B/16 (keras-hub ViTBackbone arguments); the HF config is derived from these.
+VIT_B16_ARCH = dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12, num_heads=12,
+                    hidden_dim=768, mlp_dim=3072)
+
+
+def dropout_or_identity(rate):
+    # Keras' Dropout(0.0) returns its input untouched; so does this.
+    return nn.Dropout(rate) if rate > 0 else nn.Identity()
+
+
+class Normalize(nn.Module):
+    """keras.layers.Normalization(mean=CIFAR_MEAN, variance=CIFAR_VARIANCE): no weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(CIFAR_STD).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, x):
+        return (x - self.mean) * self.inv_std
+
+
+class ConvBNGelu(nn.Module):
+    """kerasvit.models.cnn.conv_bn_gelu: conv 3x3 (same, no bias) [-> max-pool 2] -> BN -> GELU."""
+
+    def __init__(self, in_channels, filters, pool=False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, filters, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
+        # Keras momentum 0.9 (weight of the old value) == torch momentum 0.1.
+        self.bn = nn.BatchNorm2d(filters, eps=1e-5, momentum=0.1)
+        self.act = nn.GELU()  # exact (erf) GELU, as keras.activations.gelu's default
+
+    def forward(self, x):
+        return self.act(self.bn(self.pool(self.conv(x))))
+
+
+class NativeCNN(nn.Module):
+    """kerasvit's `cnn`: stem, then per width a pooled and an unpooled conv-BN-GELU, global
+    max-pool, dropout, linear head."""
+
+    def __init__(self, stem_width=32, widths=(64, 128, 256), dropout_rate=0.0, num_classes=10,
+                 image_shape=None):
+        super().__init__()
+        self.normalize = Normalize()
+        layers = [ConvBNGelu(3, stem_width)]
+        channels = stem_width
+        for width in widths:
+            layers += [ConvBNGelu(channels, width, pool=True), ConvBNGelu(width, width)]
+            channels = width
+        self.body = nn.Sequential(*layers)
+        self.dropout = dropout_or_identity(dropout_rate)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, images):
+        x = self.body(self.normalize(images))
+        features = self.dropout(torch.amax(x, dim=(2, 3)))
+        # The Keras head is float32 even under mixed precision.
+        with torch.autocast(features.device.type, enabled=False):
+            return self.head(features.float())
+
+
+def drop_path(x, rate, training):
+    """Stochastic depth, as kerasvit's TransformerBlock.drop_path (per-sample branch drop)."""
+    if not training or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = torch.rand((x.shape[0], 1, 1), device=x.device) < keep
+    return torch.where(mask, x / keep, torch.zeros_like(x))
+
+
+class Attention(nn.Module):
+    """keras.layers.MultiHeadAttention(num_heads, key_dim=dim // heads) on (x, x): the
+    query/key/value projections (with biases) fused into one Linear, same parameter count.
+
+    `fused=True` uses F.scaled_dot_product_attention (what a plain PyTorch ViT uses);
+    False computes softmax(q k^T / sqrt(d)) v explicitly, as Keras does whenever the caller
+    asks for the attention scores (kerasvit's TransformerBlock always does)."""
+
+    def __init__(self, dim, num_heads, attention_dropout=0.0, fused=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attention_dropout = attention_dropout
+        self.fused = fused
+
+    def forward(self, x):
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:
+            scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
+            scores = F.dropout(scores.softmax(dim=-1), dropout, self.training)
+            out = scores @ v
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Block(nn.Module):
+    """kerasvit.models.vit_layers.TransformerBlock: pre-norm MHA and GELU MLP, stochastic depth."""
+
+    def __init__(self, dim, num_heads, mlp_dim, dropout_rate, attention_dropout, drop_path_rate,
+                 eps, fused_attention=True):
+        super().__init__()
+        self.norm_1 = nn.LayerNorm(dim, eps=eps)
+        self.attention = Attention(dim, num_heads, attention_dropout, fused=fused_attention)
+        self.norm_2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp_in = nn.Linear(dim, mlp_dim)
+        self.act = nn.GELU()
+        self.mlp_out = nn.Linear(mlp_dim, dim)
+        self.dropout = dropout_or_identity(dropout_rate)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x):
+        x = x + drop_path(self.dropout(self.attention(self.norm_1(x))), self.drop_path_rate,
+                          self.training)
+        hidden = self.mlp_out(self.dropout(self.act(self.mlp_in(self.norm_2(x)))))
+        return x + drop_path(self.dropout(hidden), self.drop_path_rate, self.training)
+
+
+class NativeViT(nn.Module):
+    """kerasvit's `vit`: normalise -> patch conv -> [class token; patches] + positions ->
+    pre-norm blocks -> LayerNorm -> class token -> linear head."""
+
+    def __init__(self, image_shape=(32, 32, 3), patch_size=4, num_layers=6, num_heads=4,
+                 hidden_dim=192, mlp_dim=384, dropout_rate=0.0, attention_dropout=0.0,
+                 drop_path_rate=0.1, layer_norm_epsilon=1e-6, num_classes=10,
+                 fused_attention=True):
+        super().__init__()
+        height, width = image_shape[0], image_shape[1]
+        num_patches = (height // patch_size) * (width // patch_size)
+        self.normalize = Normalize()
+        self.patch_embedding = nn.Conv2d(image_shape[2], hidden_dim, patch_size, stride=patch_size)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+        self.positions = nn.Parameter(torch.zeros(1, num_patches + 1, hidden_dim))
+        nn.init.trunc_normal_(self.class_token, std=0.02)
+        nn.init.trunc_normal_(self.positions, std=0.02)
+        self.embedding_dropout = dropout_or_identity(dropout_rate)
+        self.blocks = nn.ModuleList([
+            Block(hidden_dim, num_heads, mlp_dim, dropout_rate, attention_dropout,
+                  drop_path_rate * index / max(num_layers - 1, 1), layer_norm_epsilon,
+                  fused_attention)
+            for index in range(num_layers)
+        ])
+        self.final_norm = nn.LayerNorm(hidden_dim, eps=layer_norm_epsilon)
+        self.head = nn.Linear(hidden_dim, num_classes)
+
+    def forward(self, images):
+        x = self.patch_embedding(self.normalize(images))           # (B, D, H', W')
+        x = x.flatten(2).transpose(1, 2)                            # (B, H'W', D), row-major
+        token = self.class_token.expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([token, x], dim=1) + self.positions.to(x.dtype)
+        x = self.embedding_dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        features = self.final_norm(x)[:, 0]
+        with torch.autocast(features.device.type, enabled=False):
+            return self.head(features.float())
+
+
+def build_native(model_name, fused_attention=True, **model_args):
+    """The PyTorch twin of `kerasvit.models.build_model(model_name, **model_args)`."""
+    if model_name == "cnn":
+        args = {**CNN_DEFAULTS, **model_args}
+        return NativeCNN(**args)
+    if model_name == "vit":
+        args = {**VIT_DEFAULTS, **model_args}
+        return NativeViT(fused_attention=fused_attention, **args)
+    raise ValueError(f"no native twin for model {model_name!r} (cnn, vit; vit_b16 uses HF)")
+
+
+def hf_vit_config(arch=None, num_classes=10):
+    """transformers.ViTConfig equal to keras-hub's ViTBackbone(**arch) + a linear head."""
+    from transformers import ViTConfig
+
+    arch = {**VIT_B16_ARCH, **(arch or {})}
+    height, width, channels = arch["image_shape"]
+    if height != width:
+        raise ValueError("the HF ViT baseline needs square images")
+    return ViTConfig(
+        image_size=height, patch_size=arch["patch_size"], num_channels=channels,
+        hidden_size=arch["hidden_dim"], num_hidden_layers=arch["num_layers"],
+        num_attention_heads=arch["num_heads"], intermediate_size=arch["mlp_dim"],
+        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        layer_norm_eps=1e-6, qkv_bias=True, num_labels=num_classes,
+    )
+
+
+def build_hf_vit(arch=None, num_classes=10):
+    """Hugging Face ViTForImageClassification, random init (no download)."""
+    from transformers import ViTForImageClassification
+
+    return ViTForImageClassification(hf_vit_config(arch, num_classes))
+
+
+class HFLogits(nn.Module):
+    """Wraps a ViTForImageClassification so that forward(pixel_values) returns logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def param_counts(module):
+    """(trainable, non_trainable) like Keras counts them: parameters, and the BatchNorm
+    running statistics (not `num_batches_tracked`, which Keras has no counterpart for)."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    stats = sum(b.numel() for name, b in module.named_buffers()
+                if name.endswith(("running_mean", "running_var")))
+    return int(trainable), int(frozen + stats)
+
+
+# Same exclusions as kerasvit.training.NO_DECAY_NAMES: norms, biases and embeddings.
+NO_DECAY_KEYS = ("class_token", "positions", "cls_token", "position_embeddings")
+
+
+def adamw_param_groups(module, weight_decay):
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or any(key in name for key in NO_DECAY_KEYS):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_adamw(module, learning_rate, weight_decay):
+    """AdamW with kerasvit's decay exclusions; the fused kernel where this torch has one
+    (torch >= 2.4 on CPU), else foreach. Returns (optimizer, implementation name)."""
+    groups = adamw_param_groups(module, weight_decay)
+    # Keras AdamW defaults: beta_2 0.999, epsilon 1e-7.
+    kwargs = dict(lr=learning_rate, betas=(0.9, 0.999), eps=1e-7)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs), "fused"
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=True, **kwargs), "foreach"
+
+
+def warmup_cosine(optimizer, warmup_steps, total_steps):
+    """Linear warmup then cosine decay to 0, as kerasvit.training.learning_rate_schedule."""
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / max(warmup_steps, 1)
+        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

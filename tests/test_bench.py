@@ -1,0 +1,122 @@
+"""bench/: the native PyTorch twins are the same networks as kerasvit's (parameter counts,
+output shapes), and bench/throughput.py writes the JSON its README describes. Tiny and
+CPU-only; the real measurement is `python bench/throughput.py --model cnn --json out.json`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import native_models  # noqa: E402
+
+
+def keras_counts(model):
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return trainable, frozen
+
+
+@pytest.mark.parametrize("name", ["cnn", "vit"])
+def test_native_twin_has_the_keras_parameter_counts_and_output_shape(name):
+    from kerasvit import models
+
+    keras_model = models.build_model(name)
+    native = native_models.build_native(name)
+    assert native_models.param_counts(native) == keras_counts(keras_model)
+    images = torch.rand(2, 3, 32, 32) * 255
+    native.eval()
+    with torch.no_grad():
+        assert tuple(native(images).shape) == (2, 10)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = native(images.contiguous(memory_format=torch.channels_last))
+    assert tuple(logits.shape) == (2, 10) and logits.dtype == torch.float32
+
+
+def test_native_vit_explicit_attention_equals_fused():
+    torch.manual_seed(0)
+    fused = native_models.build_native("vit", num_layers=2).eval()
+    explicit = native_models.build_native("vit", num_layers=2, fused_attention=False).eval()
+    explicit.load_state_dict(fused.state_dict())
+    images = torch.rand(2, 3, 32, 32) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(fused(images), explicit(images), atol=1e-4, rtol=1e-4)
+
+
+def test_previews_keep_the_parameter_counts():
+    from bench import keras_side
+    from kerasvit import models
+
+    cnn_args = dict(stem_width=8, widths=(8, 16))
+    assert (keras_counts(keras_side.build_cnn_channels_first(**cnn_args))
+            == keras_counts(models.build_model("cnn", **cnn_args)))
+    vit_args = dict(num_layers=2, hidden_dim=32, mlp_dim=64, num_heads=2)
+    fused = keras_side.build_vit_fused_attention(**vit_args)
+    assert keras_counts(fused) == keras_counts(models.build_model("vit", **vit_args))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    assert fused.predict_on_batch(images).shape == (2, 10)
+
+
+def test_hf_vit_has_the_keras_hub_vit_parameter_count():
+    pytest.importorskip("transformers")
+    pytest.importorskip("keras_hub")
+    from bench import keras_side
+
+    arch = dict(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+                hidden_dim=32, mlp_dim=64)
+    keras_model = keras_side.build_vit_b16(arch)
+    hf = native_models.HFLogits(native_models.build_hf_vit(arch))
+    assert native_models.param_counts(hf) == keras_counts(keras_model)
+    with torch.no_grad():
+        assert tuple(hf(torch.zeros(2, 3, 32, 32)).shape) == (2, 10)
+
+
+CONTENDER_KEYS = {"name", "kind", "backend", "precision", "status", "images_per_s",
+                  "eval_images_per_s", "train", "eval", "params", "setup", "worker"}
+STATS_KEYS = {"images_per_s", "images_per_s_p10", "images_per_s_p90", "images_per_s_iqr",
+              "step_s_median", "steps", "per_round_images_per_s"}
+TOP_KEYS = {"schema_version", "model", "best_keras_over_best_native",
+            "best_keras_over_best_native_eval", "best", "goals", "pipeline", "param_check",
+            "contenders", "settings", "method", "machine", "versions", "other_cpu_share"}
+
+
+def test_throughput_writes_the_json_schema(tmp_path, backend):
+    out = tmp_path / "cnn.json"
+    md = tmp_path / "cnn.md"
+    command = [
+        sys.executable, str(REPO / "bench" / "throughput.py"), "--model", "cnn",
+        "--json", str(out), "--md", str(md), "--steps", "2", "--warmup", "1", "--rounds", "1",
+        "--batch-size", "8", "--synthetic", "--synthetic-images", "64",
+        "--pipeline-batches", "2", "--pause", "0",
+        "--model-args", '{"stem_width": 4, "widths": [8, 8]}',
+        "--contenders", f"keras-{backend}-fp32,native-fp32",
+    ]
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert TOP_KEYS <= set(report)
+    names = {c["name"]: c for c in report["contenders"]}
+    assert set(names) == {f"keras-{backend}-fp32", "native-fp32"}
+    for contender in names.values():
+        assert CONTENDER_KEYS <= set(contender), contender
+        assert contender["status"] == "ok", contender.get("error")
+        assert STATS_KEYS <= set(contender["train"]) and STATS_KEYS <= set(contender["eval"])
+        assert contender["train"]["steps"] == 2 and contender["images_per_s"] > 0
+    assert report["param_check"]["match"] is True
+    assert report["best_keras_over_best_native"] > 0
+    assert report["best_keras_over_best_native_eval"] > 0
+    pipeline = report["pipeline"]
+    assert pipeline["images_per_s"] > 0 and pipeline["ratio_to_fastest_training"] > 0
+    cpu = report["machine"]["cpu"]
+    assert {"model", "logical_cpus", "flags"} <= set(cpu) and "amx_bf16" in cpu["flags"]
+    assert "best_keras_over_best_native" in md.read_text()
