@@ -3,6 +3,14 @@
 Keras' TensorBoard callback logs scalars only; this adds the figure that evaluate writes as
 confusion_matrix.png, so it shows up in `tensorboard --logdir runs` on every backend (the
 summary is written with tensorflow.summary, which the TensorBoard callback needs anyway).
+
+Under `--distribute data_parallel` (a keras.distribution on JAX) `model.predict` on numpy
+images cannot serve: with several processes every process would feed its whole numpy batch as
+its slice of one global batch, and the sharded predictions span devices that no single process
+can read. DataParallel replicates every weight on every device, so each process holds the
+whole model: process 0 predicts on its own first device from its local copy of the weights
+(one jitted `stateless_call`, no collectives, nothing asked of the other processes), writes
+the image, and the other processes skip it.
 """
 
 import warnings
@@ -39,6 +47,8 @@ class ConfusionMatrixImage(keras.callbacks.Callback):
         self.last_epoch = epoch
 
     def on_train_end(self, logs=None):
+        if not is_first_process():
+            return  # Process 0 writes the run's image; the others' folders are worker logs.
         # A failure here must not lose the finished training (the model is saved after
         # fit returns), so it becomes a warning.
         try:
@@ -56,7 +66,7 @@ class ConfusionMatrixImage(keras.callbacks.Callback):
         budget = image_budget(image_size)
         images, labels = self.images[:budget], self.labels[:budget]
         batch = data.prepare_images(images, image_size)
-        logits = self.model.predict(batch, batch_size=self.batch_size, verbose=0)
+        logits = predict_logits(self.model, batch, self.batch_size)
         metrics = reports.classification_metrics(labels, reports.softmax(logits), CLASS_NAMES)
         figure = reports.confusion_matrix_figure(
             metrics["confusion_matrix"], CLASS_NAMES,
@@ -68,3 +78,51 @@ class ConfusionMatrixImage(keras.callbacks.Callback):
             tf.summary.image("confusion_matrix", png[None], step=self.last_epoch)
         writer.close()
         return np.asarray(metrics["confusion_matrix"])
+
+
+def is_first_process():
+    """False on processes 1..N-1 of a multi-host JAX run (keras.distribution.initialize)."""
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
+def predict_logits(model, images, batch_size):
+    """The model's outputs for numpy `images`: `model.predict`, or under a keras.distribution
+    `predict_on_local_device` (see the module docstring)."""
+    if keras.distribution.distribution() is None:
+        return model.predict(images, batch_size=batch_size, verbose=0)
+    return predict_on_local_device(model, images, batch_size)
+
+
+def predict_on_local_device(model, images, batch_size):
+    """Predicts on this process's first device (JAX only) with that device's copy of the
+    weights; needs every weight replicated there, as `DataParallel` keeps them."""
+    import jax
+
+    device = jax.local_devices()[0]
+
+    def local_copy(variable):
+        value = variable.value
+        for shard in value.addressable_shards:
+            if shard.device == device and shard.data.shape == value.shape:
+                return shard.data  # The whole weight, already on `device`: no copy.
+        if value.is_fully_addressable:
+            return jax.device_put(value, device)
+        raise ValueError(f"weight {variable.path} is not whole on {device} (sharded over "
+                         f"the devices); cannot predict on one device")
+
+    trainable = [local_copy(v) for v in model.trainable_variables]
+    non_trainable = [local_copy(v) for v in model.non_trainable_variables]
+
+    @jax.jit
+    def forward(trainable, non_trainable, x):
+        outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return outputs
+
+    return np.concatenate([
+        np.asarray(forward(trainable, non_trainable,
+                           jax.device_put(images[start:start + batch_size], device)))
+        for start in range(0, len(images), batch_size)])

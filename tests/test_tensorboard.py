@@ -1,8 +1,10 @@
 """TensorBoard event files of a training run hold the accuracy, F1 and learning-rate scalars
-(on every backend) and the confusion-matrix image written at the end of training."""
+(on every backend) and the confusion-matrix image written at the end of training. (Under a
+multi-process keras.distribution it is checked by test_distribution.py.)"""
 
 import csv
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -69,3 +71,31 @@ def test_image_budget_scales_with_input_area():
     assert tensorboard_images.image_budget((32, 32)) == 2000
     assert tensorboard_images.image_budget((64, 64)) == 500
     assert tensorboard_images.image_budget((224, 224)) == tensorboard_images.MIN_IMAGES
+
+
+def test_only_process_0_writes_the_image(tmp_path, monkeypatch):
+    monkeypatch.setattr(tensorboard_images, "is_first_process", lambda: False)
+    callback = tensorboard_images.ConfusionMatrixImage(
+        tmp_path, np.zeros((4, 32, 32, 3), np.uint8), np.arange(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # It must not even try (no model is set).
+        callback.on_train_end()
+    assert not list(tmp_path.iterdir())
+
+
+def test_prediction_on_one_local_device_matches_predict(backend):
+    """The path used under keras.distribution: the weights' local copy, one jitted
+    stateless_call per batch, the last batch short."""
+    if backend != "jax":
+        pytest.skip("the one-device path is for keras.distribution, which runs on JAX only")
+    import keras
+
+    from kerasvit import models
+
+    keras.utils.set_random_seed(0)
+    model = models.build_model("cnn", widths=[8, 16, 32], stem_width=8)
+    images = np.random.default_rng(0).uniform(0, 255, (20, 32, 32, 3)).astype("float32")
+    expected = model.predict(images, batch_size=8, verbose=0)
+    logits = tensorboard_images.predict_on_local_device(model, images, batch_size=8)
+    assert logits.shape == (20, 10)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
