@@ -4,8 +4,11 @@ that must run before the first `import keras`."""
 import argparse
 import contextlib
 import os
+import shlex
+import signal
 import sys
 import tempfile
+import threading
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -21,6 +24,50 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         fail(self.prog, f"{message} (see --help)")
+
+
+def add_unsafe_load_flag(parser):
+    parser.add_argument(
+        "--unsafe-load", action="store_true",
+        help="load a .keras file even if it holds Python code (Lambda layers), which runs "
+             "on loading: only for files from a source you trust")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM raised as KeyboardInterrupt (Ctrl-C's exception), so both stop the same way;
+    args[0] is the signal's name."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside the block SIGTERM raises Interrupted("SIGTERM") in the main thread, instead of
+    ending the process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Signal handlers can only be set from the main thread.
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_signal(interrupt):
+    """The name of the signal behind a KeyboardInterrupt: SIGTERM (Interrupted) or SIGINT."""
+    return interrupt.args[0] if isinstance(interrupt, Interrupted) and interrupt.args else "SIGINT"
+
+
+def interrupt_exit_code(interrupt):
+    """128 + the signal number, as a shell reports a process ended by that signal."""
+    return 128 + signal.Signals[interrupt_signal(interrupt)].value
+
+
+def shell_quote(path):
+    return shlex.quote(str(path))
 
 
 def check_backend(prog):

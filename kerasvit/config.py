@@ -8,6 +8,7 @@ imports keras, so bad input is refused before the slow framework imports.
 import dataclasses
 import inspect
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -83,7 +84,10 @@ def coerce(key, value, expected_type):
     if isinstance(value, str) and expected_type is not str:
         value = parse_string(key, value, expected_type)
     if expected_type is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(f"{key} is too large for a number of type float") from None
     if expected_type in (list, tuple) and isinstance(value, (list, tuple)):
         return list(value)
     if expected_type is int and isinstance(value, bool):
@@ -192,12 +196,17 @@ def validate(config):
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
+    for name in ("learning_rate", "weight_decay", "warmup_epochs", "label_smoothing"):
+        if not math.isfinite(getattr(config, name)):
+            raise ConfigError(f"{name} must be a finite number, got {getattr(config, name)}")
     if config.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}")
     for name in ("subset_per_class", "validation_size", "test_images", "steps_per_epoch",
                  "weight_decay", "warmup_epochs", "label_smoothing"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.label_smoothing > 1:
+        raise ConfigError(f"label_smoothing must be at most 1, got {config.label_smoothing}")
     if config.augmentation not in AUGMENTATIONS:
         raise ConfigError(
             f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}"

@@ -63,10 +63,10 @@ class ServedModel:
 
 # ---------------------------------------------------------------- model and examples
 
-def load_served_model(path, backend):
+def load_served_model(path, backend, unsafe_load=False):
     from kerasvit import explain, loading
 
-    model, config, run_dir = loading.load_run(path)
+    model, config, run_dir = loading.load_run(path, unsafe_load)
     name = loading.model_name(model, config)
     explain.explain_method(name)  # refuses a model the page cannot explain, before serving
     metrics = loading.read_run_file(run_dir, "metrics.json")
@@ -337,6 +337,7 @@ def parse_args(argv=None):
                              "0.0.0.0 opens the demo to the network)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to listen on (default {DEFAULT_PORT})")
+    cli.add_unsafe_load_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -348,7 +349,7 @@ def check_args(args):
         raise UserError(f"--port must be between 1 and 65535, got {args.port}")
     if not args.host.strip():
         raise UserError("--host must not be empty")
-    loading.resolve_model_path(args.model)
+    loading.check_model_file(args.model, args.unsafe_load)
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -364,7 +365,7 @@ def main(argv=None):
     try:
         check_args(args)
         cli.import_tensorflow_quietly()
-        served = load_served_model(args.model, backend)
+        served = load_served_model(args.model, backend, args.unsafe_load)
         examples = gallery_examples()
     except UserError as error:  # bad flag, run or model: one line, no traceback
         cli.fail(PROG, str(error))

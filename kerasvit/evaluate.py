@@ -37,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--timing-repeats", type=int, default=10, metavar="N",
                         help="timed batches for throughput; 3N single images for latency (default 10)")
     parser.add_argument("--data-dir", help="TFDS data folder (default: the run's, else $TFDS_DATA_DIR)")
+    cli.add_unsafe_load_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -52,19 +53,32 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     backend = cli.check_backend(PROG)
-    cli.import_tensorflow_quietly()
     try:
+        check_before_imports(args)
+        cli.import_tensorflow_quietly()
         return evaluate(args, backend)
     except UserError as error:
         cli.fail(PROG, str(error))
+
+
+def check_before_imports(args):
+    """The model file and the output folder, checked before the slow framework imports."""
+    from kerasvit import loading, runs
+
+    model_path, run_dir, _ = loading.check_model_file(args.model, args.unsafe_load)
+    runs.check_can_create(output_path(args.out, run_dir, model_path), flag="--out")
 
 
 class OutputError(UserError, RuntimeError):
     """The output folder cannot be written; the message is shown as one line."""
 
 
+def output_path(out, run_dir, model_path):
+    return Path(out) if out else run_dir or model_path.with_name(f"{model_path.stem}_evaluation")
+
+
 def output_dir(out, run_dir, model_path):
-    path = Path(out) if out else run_dir or model_path.with_name(f"{model_path.stem}_evaluation")
+    path = output_path(out, run_dir, model_path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -166,7 +180,7 @@ def evaluate(args, backend):
     from kerasvit import loading, reports, runs
 
     model_path, run_dir = loading.resolve_model_path(args.model)
-    model = loading.load_model(model_path)
+    model = loading.load_model(model_path, args.unsafe_load)
     config = loading.read_run_file(run_dir, "config.json") or {}
     out_dir = output_dir(args.out, run_dir, model_path)
     metrics = existing_metrics(out_dir, run_dir)  # Read first: a broken file fails fast.
@@ -181,22 +195,38 @@ def evaluate(args, backend):
     evaluation.update(measure_speed(model, images, args.batch_size, args.timing_repeats))
 
     history = reports.read_history(run_dir / "history.csv") if run_dir else None
+    try:
+        write_outputs(out_dir, metrics, evaluation, images, labels, logits, probabilities,
+                      history)
+    except OSError as error:
+        if isinstance(error, runs.WriteError):
+            reason = str(error)
+        elif runs.is_write_error(error):
+            reason = runs.write_error(out_dir, error)
+        else:
+            raise
+        raise OutputError(f"{reason}; free some space there or pass another --out") from None
+    print_summary(out_dir, evaluation)
+    return out_dir
+
+
+def write_outputs(out_dir, metrics, evaluation, images, labels, logits, probabilities, history):
+    """Figures, metrics.json, report.md and predictions.npz; the last three atomically."""
+    from kerasvit import reports, runs
+
     figures = reports.write_figures(out_dir, images, labels, probabilities, evaluation,
                                     CLASS_NAMES, history)
     training = {key: value for key, value in metrics.items() if key != "evaluation"}
     metrics["evaluation"] = evaluation
     runs.write_json(out_dir / "metrics.json", metrics)
-    write_text_atomically(out_dir / "report.md",
-                          reports.report_markdown(evaluation, figures, training))
-    np.savez_compressed(out_dir / "predictions.npz", labels=labels, logits=logits)
-    print_summary(out_dir, evaluation)
-    return out_dir
+    report = reports.report_markdown(evaluation, figures, training) + "\n"
+    runs.write_atomically(out_dir / "report.md", lambda path: Path(path).write_text(report))
 
+    def write_predictions(path):
+        with open(path, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez_compressed(f, labels=labels, logits=logits)
 
-def write_text_atomically(path, text):
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text + "\n")
-    temporary.replace(path)
+    runs.write_atomically(out_dir / "predictions.npz", write_predictions)
 
 
 def print_summary(out_dir, evaluation):

@@ -278,6 +278,7 @@ def parse_args(argv=None):
                         help=f"Grad-CAM for this class instead of the predicted one: "
                              f"{', '.join(CLASS_NAMES)}")
     parser.add_argument("--out", help="output folder (default: the run folder)")
+    cli.add_unsafe_load_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -306,7 +307,7 @@ def main(argv=None):
 def run(args):
     from kerasvit import loading
 
-    model, config, run_dir = loading.load_run(args.model)
+    model, config, run_dir = loading.load_run(args.model, args.unsafe_load)
     model_name = loading.model_name(model, config)
     if args.class_name and explain_method(model_name) != "gradcam":
         raise ExplainError("--class applies to Grad-CAM (cnn) only: attention maps do not "

@@ -4,16 +4,20 @@
     KERAS_BACKEND=jax python -m kerasvit.train --model vit_b16 --preset path/to/preset
     python -m kerasvit.train --resume runs/cnn-torch-20261122-101500
 
-Flow: flags -> config (checked, no keras yet) -> data -> model -> run folder -> fit ->
-test evaluation -> model.keras + metrics.json.
+Flow: flags -> config, sizes, output folder (checked, no keras yet) -> data -> model ->
+run folder (--resume: the newest backup restored) -> fit -> test evaluation -> model.keras +
+metrics.json. A kill at any moment loses at most the epoch in progress: see README
+"Reliability".
 """
 
+import json
+import math
 import time
 from pathlib import Path
 
-from kerasvit import cli, distribution
+from kerasvit import cli, distribution, runs
 from kerasvit.errors import UserError
-from kerasvit.config import ConfigError, check_model_args, config_from_dict, resolve
+from kerasvit.config import ConfigError, check_model_args, config_from_dict, resolve, validate
 
 PROG = "kerasvit.train"
 
@@ -76,15 +80,87 @@ def refuse_existing_run_dir(run_dir):
 
 def load_resume(run_dir):
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a folder; pass the folder of an interrupted run "
+                          "to --resume")
     if not (run_dir / "config.json").is_file():
         raise ConfigError(f"{run_dir} is not a kerasvit run folder (no config.json); "
                           "pass the folder of an interrupted run to --resume")
     if (run_dir / "metrics.json").is_file():
         raise ConfigError(f"run {run_dir} already finished (metrics.json exists); "
                           "start a new run instead of --resume")
-    from kerasvit import runs
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot read {run_dir / 'config.json'} ({type(error).__name__}); "
+                          "this run cannot be resumed, start a new one") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{run_dir / 'config.json'} is not a kerasvit config; "
+                          "this run cannot be resumed, start a new one")
+    return validate(config_from_dict(saved))
 
-    return config_from_dict(runs.read_json(run_dir / "config.json"))
+
+# CIFAR-10's sizes, to refuse impossible requests before the data (and keras) are loaded.
+CIFAR10_TRAIN_PER_CLASS = 5000
+CIFAR10_TEST_IMAGES = 10_000
+NUM_CLASSES = 10
+
+
+def check_sizes(config):
+    """Subset, batch and split sizes that CIFAR-10 cannot satisfy. The data loader checks
+    the exact per-class counts again; this catches the impossible cases in a second."""
+    if config.test_images > CIFAR10_TEST_IMAGES:
+        raise ConfigError(f"test_images {config.test_images} is larger than the "
+                          f"{CIFAR10_TEST_IMAGES} CIFAR-10 test images; use at most "
+                          f"{CIFAR10_TEST_IMAGES} (0 means all)")
+    train_total = CIFAR10_TRAIN_PER_CLASS * NUM_CLASSES
+    if config.validation_size >= train_total:
+        raise ConfigError(f"validation_size {config.validation_size} leaves no training images "
+                          f"(CIFAR-10 has {train_total}); use a smaller --set validation_size")
+    # A stratified split takes validation_size / 10 images of each class, rounded up at most.
+    per_class = CIFAR10_TRAIN_PER_CLASS - math.ceil(config.validation_size / NUM_CLASSES)
+    if config.subset_per_class > per_class:
+        raise ConfigError(f"subset_per_class {config.subset_per_class} is larger than the "
+                          f"{per_class} training images per class available; use at most "
+                          f"{per_class}")
+    train_images = config.subset_per_class * NUM_CLASSES or train_total - config.validation_size
+    if config.batch_size > train_images:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {train_images} "
+                          "training images; lower --batch-size or use more data")
+
+
+def check_preset_folder(config):
+    """vit_b16 with a local preset folder: it must exist, be readable and hold a ViT."""
+    from kerasvit.models import vit_b16
+
+    preset = config.model_args.get("preset", vit_b16.DEFAULT_PRESET)
+    if config.model != "vit_b16" or not isinstance(preset, str) or not vit_b16.looks_like_path(preset):
+        return
+    path = Path(preset).expanduser()
+    if not path.exists():
+        raise vit_b16.PresetError(
+            f"preset folder {preset} does not exist; pass a folder made with save_to_preset, "
+            f"or a preset name such as {vit_b16.DEFAULT_PRESET}")
+    if not path.is_dir():
+        raise vit_b16.PresetError(f"preset {preset} is a file; pass the folder that "
+                                  "save_to_preset wrote")
+    try:
+        backbone = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise vit_b16.PresetError(f"{preset} is not a keras-hub preset (no config.json); pass "
+                                  "a folder made with save_to_preset") from None
+    except PermissionError:
+        raise vit_b16.PresetError(f"preset folder {preset} is not readable (permission "
+                                  "denied); fix its permissions or pass another --preset") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise vit_b16.PresetError(f"cannot read {path / 'config.json'} ({type(error).__name__}); "
+                                  "the preset is damaged, save it again") from None
+    name = backbone.get("registered_name", "") if isinstance(backbone, dict) else ""
+    if name != "keras_hub>ViTBackbone":
+        found = name.split(">")[-1] or "no keras-hub"
+        raise vit_b16.PresetError(
+            f"preset {preset} holds a {found} model, not a ViT; --model vit_b16 needs a ViT "
+            f"preset, e.g. one saved from {vit_b16.DEFAULT_PRESET}")
 
 
 def main(argv=None):
@@ -95,20 +171,37 @@ def main(argv=None):
         if args.resume:
             args.resume = distribution.path_for_process(args.resume, args.hosts)
             config = load_resume(args.resume)
+            runs.check_can_create(args.resume, flag="--resume folder")
         else:
             config = resolve_config(args)
             args.run_dir = distribution.path_for_process(args.run_dir, args.hosts)
             refuse_existing_run_dir(args.run_dir)
+            runs.check_can_create(args.run_dir or runs.RUNS_ROOT)
+        check_sizes(config)
+        check_preset_folder(config)
         distribution.check_request(config.distribute, backend, args.hosts)
-        cli.import_tensorflow_quietly()
-        return run(config, backend, args)
+        with cli.sigterm_as_interrupt():
+            cli.import_tensorflow_quietly()
+            return run(config, backend, args)
+    except runs.WriteError as error:  # e.g. config.json on a full disk
+        cli.fail(PROG, f"{error}; free some space there or choose another --run-dir")
     except UserError as error:
         cli.fail(PROG, str(error))
+    except KeyboardInterrupt as interrupt:  # before the run folder existed
+        cli.fail(PROG, f"interrupted by {cli.interrupt_signal(interrupt)} before training "
+                       "started; nothing to resume", code=cli.interrupt_exit_code(interrupt))
 
 
 def run(config, backend, args):
     started = time.time()
-    from kerasvit import data, models, runs, training
+    from kerasvit import data
+
+    # Data first: a missing dataset or a subset it cannot give is reported before the
+    # (slow) keras import.
+    splits = data.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
+    if config.test_images:
+        splits["test"] = tuple(array[:config.test_images] for array in splits["test"])
+    from kerasvit import models, training
 
     spec = models.get_spec(config.model)
     check_model_args(config, spec.builder)
@@ -117,34 +210,64 @@ def run(config, backend, args):
 
     keras.utils.set_random_seed(config.seed)
     distributed = distribution.setup(config.distribute, config.batch_size, args.hosts)
-    splits = data.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
-    if config.test_images:
-        splits["test"] = tuple(array[:config.test_images] for array in splits["test"])
     model = models.build_model(config.model, **config.model_args)
-
-    if args.resume:
-        run_dir = Path(args.resume)
-    else:
-        worker_dir = distribution.default_run_dir(config.model, backend, args.hosts, runs.RUNS_ROOT)
-        run_dir = runs.new_run_dir(config.model, backend, args.run_dir or worker_dir)
-        runs.write_json(run_dir / "config.json", config.to_dict())
-        runs.write_json(run_dir / "env.json", {**runs.collect_env(backend), "distribution": distributed})
+    run_dir, resumed_at = open_run_dir(config, backend, args, distributed)
     print(f"run folder: {run_dir}  (model {config.model}, backend {backend}, "
           f"{len(splits['train'][0])} train / {len(splits['validation'][0])} validation images)")
     if note := distribution.evaluation_note(splits, config.batch_size):
         print(note)
-
     try:
-        history, monitor = training.fit(model, config, splits, backend, run_dir)
-    except KeyboardInterrupt:
-        cli.fail(PROG, f"interrupted; the last finished epoch is saved. Resume with: "
-                       f"python -m kerasvit.train --resume {run_dir}", code=130)
-    runs.deduplicate_history(run_dir / "history.csv")
-    if not training.loss_is_finite(history):
-        cli.fail(PROG, f"training stopped: the loss became NaN/inf; lower --learning-rate. "
-                       f"The last good epoch is in {run_dir}/backup", code=1)
+        return train_and_save(model, config, splits, backend, run_dir, started, resumed_at)
+    except KeyboardInterrupt as interrupt:
+        cli.fail(PROG, f"interrupted by {cli.interrupt_signal(interrupt)}; "
+                       f"{saved_epochs(run_dir, config)}. Resume with: "
+                       f"{resume_command(run_dir, backend)}",
+                 code=cli.interrupt_exit_code(interrupt))
+    except runs.WriteError as error:
+        cli.fail(PROG, f"{error}; free some space there (or make it writable), then resume "
+                       f"with: {resume_command(run_dir, backend)}")
 
+
+def open_run_dir(config, backend, args, distributed):
+    """Returns (run folder, epochs already done or None): a new folder with config.json and
+    env.json, or the --resume folder made ready to continue: half-written files removed,
+    history cut back to the epochs in the backup."""
+    from kerasvit import training
+
+    if not args.resume:
+        worker_dir = distribution.default_run_dir(config.model, backend, args.hosts, runs.RUNS_ROOT)
+        run_dir = runs.new_run_dir(config.model, backend, args.run_dir or worker_dir)
+        runs.write_json(run_dir / "config.json", config.to_dict())
+        runs.write_json(run_dir / "env.json", {**runs.collect_env(backend), "distribution": distributed})
+        return run_dir, None
+    run_dir = Path(args.resume)
+    runs.remove_partial_files(run_dir)
+    done = training.finished_epochs(run_dir / "backup")
+    runs.truncate_history(run_dir / "history.csv", done)
+    print(f"resuming {run_dir}: {done} of {config.epochs} epochs done")
+    trained_on = (read_json_or_none(run_dir / "env.json") or {}).get("backend")
+    if trained_on and trained_on != backend:
+        print(f"note: this run was started on {trained_on} and continues on {backend}; "
+              "it will not match an unbroken run exactly")
+    return run_dir, done
+
+
+def read_json_or_none(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=None):
+    from kerasvit import training
+
+    history, monitor = training.fit(model, config, splits, backend, run_dir)
+    bad_epoch = training.first_nonfinite_epoch(history)
+    if bad_epoch is not None:
+        raise UserError(nonfinite_message(bad_epoch, run_dir, config))
     test = training.evaluate_test(model, config, splits)
+    measured = monitor.measured_steps()
     metrics = {
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
@@ -157,13 +280,37 @@ def run(config, backend, args):
         "train_images_per_s": monitor.images_per_second(),
         "train_images_per_s_method": (
             "batch_size / median step time; device synced at each step end; "
-            f"first {len(monitor.step_times) - len(monitor.measured_steps())} steps excluded"),
+            f"first {len(monitor.step_times) - len(measured)} steps excluded"),
         "wall_time_s": time.time() - started,
         "backend": backend,
     }
+    if resumed_at is not None:
+        metrics["resumed_after_epochs"] = resumed_at  # this process trained the rest
     training.save_outputs(model, run_dir, metrics)
     print_summary(run_dir, metrics)
     return run_dir
+
+
+def nonfinite_message(bad_epoch, run_dir, config):
+    from kerasvit import training
+
+    good = training.finished_epochs(run_dir / "backup")
+    kept = (f"the last good state (after epoch {good}) is kept in {run_dir / 'backup'}"
+            if good else "no epoch had finished with a finite loss, so no state was kept")
+    return (f"training stopped in epoch {bad_epoch + 1} of {config.epochs}: the loss became "
+            f"NaN or infinite; {kept}. Start a new run with a lower --learning-rate "
+            f"(it was {config.learning_rate:g})")
+
+
+def saved_epochs(run_dir, config):
+    from kerasvit import training
+
+    done = training.finished_epochs(run_dir / "backup")
+    return f"{done} of {config.epochs} epochs are saved"
+
+
+def resume_command(run_dir, backend):
+    return f"KERAS_BACKEND={backend} python -m kerasvit.train --resume {cli.shell_quote(run_dir)}"
 
 
 def print_summary(run_dir, metrics):

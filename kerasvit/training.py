@@ -3,10 +3,13 @@
 Import only after the backend is fixed (`kerasvit.cli.check_backend`).
 """
 
+import json
 import math
 import os
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -112,36 +115,179 @@ class TrainingMonitor(keras.callbacks.Callback):
         return self.batch_size / float(np.median(steps))
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore with one backup file per finished epoch, written under a temporary
-    name and renamed into place. A kill at any moment leaves the previous or the new backup,
-    never a torn one; Keras' own version writes weights, then the epoch number, in place, so a
-    kill in between loses the run or pairs new weights with an old epoch."""
+def logs_are_finite(logs):
+    """False when an epoch's training or validation loss is NaN or infinite."""
+    return all(math.isfinite(float(logs[key])) for key in ("loss", "val_loss")
+               if logs and logs.get(key) is not None)
 
-    def backups(self):
-        return sorted(Path(self.backup_dir).glob("epoch-*.weights.h5"))
 
-    def on_train_begin(self, logs=None):
-        self._load_model()
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first NaN/inf loss, of a training step or of the validation
+    (Keras' TerminateOnNaN sees training steps only: weights can blow up in the last step
+    of an epoch and show only in its validation loss)."""
 
-    def _load_model(self):
-        backups = self.backups()
-        if not backups:
-            return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)  # before loading its state
-        self.model.load_weights(backups[-1])
-        self.model._initial_epoch = int(backups[-1].name.split("-")[1].split(".")[0])
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs_are_finite({"loss": logs.get("loss")} if logs else None):
+            self.model.stop_training = True
 
-    def _save_model(self):
-        os.makedirs(self.backup_dir, exist_ok=True)
-        final = Path(self.backup_dir) / f"epoch-{self._current_epoch:05d}.weights.h5"
-        partial = final.with_name(f"partial-{self._current_epoch:05d}.weights.h5")
-        self.model.save_weights(partial, overwrite=True)
-        os.replace(partial, final)
-        for older in self.backups():
-            if older != final:
-                older.unlink()
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs_are_finite(logs):
+            self.model.stop_training = True
+
+
+def first_nonfinite_epoch(history):
+    """The first epoch of `model.fit`'s history with a NaN/inf loss, or None."""
+    for index, epoch in enumerate(getattr(history, "epoch", [])):
+        logs = {key: values[index] for key, values in history.history.items()
+                if key in ("loss", "val_loss") and index < len(values)}
+        if not logs_are_finite(logs):
+            return epoch
+    return None
+
+
+# ---------------------------------------------------------------- backups for --resume
+
+BACKUP_PATTERN = "epoch-*.weights.h5"
+# Keras' save_weights leaves out the state of the random generators (dropout, stochastic
+# depth); it goes into the same file, so that one rename commits all of it.
+RANDOM_STATE_ATTRIBUTE = "kerasvit_seed_generator_states"
+
+
+def backup_files(backup_dir):
+    return sorted(Path(backup_dir).glob(BACKUP_PATTERN))
+
+
+def epochs_in(backup_file):
+    """epoch-00003.weights.h5 -> 3 finished epochs."""
+    return int(Path(backup_file).name.split("-")[1].split(".")[0])
+
+
+def finished_epochs(backup_dir):
+    """How many epochs the newest backup holds (0 without one)."""
+    files = backup_files(backup_dir)
+    return epochs_in(files[-1]) if files else 0
+
+
+def seed_generator_states(model):
+    return [v for v in model.variables if v.name == "seed_generator_state"]
+
+
+def store_random_state(path, model):
+    import h5py
+
+    states = [keras.ops.convert_to_numpy(v).tolist() for v in seed_generator_states(model)]
+    with h5py.File(path, "a") as f:
+        f.attrs[RANDOM_STATE_ATTRIBUTE] = json.dumps(states)
+
+
+def restore_random_state(path, model):
+    """Sets the seed generators from the backup, in model order (the same architecture as
+    the weights that were just loaded; names may differ between processes)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get(RANDOM_STATE_ATTRIBUTE)
+    variables = seed_generator_states(model)
+    saved = json.loads(text) if text is not None else []
+    if len(saved) != len(variables):
+        warnings.warn(f"{path} holds {len(saved)} random-generator states, the model has "
+                      f"{len(variables)}; dropout masks will differ from the unbroken run",
+                      stacklevel=2)
+        return
+    for variable, state in zip(variables, saved):
+        variable.assign(np.asarray(state, dtype=variable.dtype))
+
+
+def save_backup(model, backup_dir, epochs_done):
+    """Writes backup/epoch-NNNNN.weights.h5 (weights, optimizer state with its step count,
+    random-generator states) under a temporary name, renames it into place, then deletes
+    the older backups: a kill at any moment leaves the previous backup or the new one."""
+    backup_dir = Path(backup_dir)
+    try:
+        backup_dir.mkdir(exist_ok=True)
+    except OSError as error:
+        raise runs.write_error(backup_dir, error) if runs.is_write_error(error) else error
+    final = backup_dir / f"epoch-{epochs_done:05d}.weights.h5"
+    previous = backup_files(backup_dir)
+    runs.check_room(final, previous[-1].stat().st_size if previous else backup_size(model))
+
+    def write(temporary):
+        model.save_weights(temporary)
+        store_random_state(temporary, model)
+
+    # The temporary name must end in .weights.h5 too (Keras checks) but not match
+    # BACKUP_PATTERN.
+    runs.write_atomically(final, write, name=f"backup-{epochs_done}-partial",
+                          temporary=backup_dir / f".partial-{epochs_done:05d}.weights.h5")
+    for older in backup_files(backup_dir):
+        if older != final:
+            older.unlink()
+
+
+def backup_size(model):
+    """About what save_weights writes: every variable of the model and the optimizer,
+    plus room for the HDF5 structure."""
+    variables = list(model.variables)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    data = sum(math.prod(v.shape) * dtype_size(v.dtype) for v in variables)
+    return int(data * 1.05) + 64 * 1024
+
+
+def dtype_size(dtype):
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # e.g. bfloat16, unknown to numpy
+        return 4
+
+
+def restore_backup(model, backup_dir):
+    """Loads the newest backup into the compiled `model`; returns its number of finished
+    epochs (0 when there is none, leaving the model as it is)."""
+    backup_dir = Path(backup_dir)
+    for leftover in backup_dir.glob(".partial-*"):
+        leftover.unlink()  # half-written by a killed process
+    files = backup_files(backup_dir)
+    if not files:
+        return 0
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # before loading its state
+    model.load_weights(files[-1])
+    restore_random_state(files[-1], model)
+    return epochs_in(files[-1])
+
+
+def remove_backup(run_dir):
+    """A finished run (metrics.json written) needs no backup."""
+    shutil.rmtree(Path(run_dir) / "backup", ignore_errors=True)
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Backs up the training state after every epoch that ended with a finite loss (a NaN
+    epoch must not replace the last good state). Replaces keras.callbacks.BackupAndRestore,
+    which writes weights, then the epoch number, in place (a kill in between loses the run
+    or pairs new weights with an old epoch), omits the random-generator states, and deletes
+    its backup when fit returns, before the model and metrics are saved."""
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs_are_finite(logs):
+            save_backup(self.model, self.backup_dir, epoch + 1)
+
+
+class PausePoints(keras.callbacks.Callback):
+    """Test hook (runs.pause_point): `epoch<E>-batch<B>` pauses after that training step."""
+
+    epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        runs.pause_point(f"epoch{self.epoch}-batch{batch}")
 
 
 def make_callbacks(run_dir, confusion_images):
@@ -150,14 +296,17 @@ def make_callbacks(run_dir, confusion_images):
     from kerasvit.tensorboard_images import ConfusionMatrixImage
 
     # Order matters: they run after TrainingMonitor has filled the logs, and the backup is
-    # written last, so a crash between the CSV row and the backup repeats an epoch in
-    # history.csv (removed by runs.deduplicate_history) rather than losing one.
-    return [
+    # written last, so a kill between the CSV row and the backup repeats that epoch, whose
+    # row a resumed run drops (runs.truncate_history) rather than losing one.
+    callbacks = [
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         ConfusionMatrixImage(run_dir / "tensorboard" / "validation", *confusion_images),
-        AtomicBackupAndRestore(backup_dir=str(run_dir / "backup")),
+        EpochBackup(run_dir / "backup"),
     ]
+    if os.environ.get(runs.PAUSE_VARIABLE):
+        callbacks.append(PausePoints())
+    return callbacks
 
 
 def count_steps(num_images, batch_size, cap):
@@ -165,37 +314,88 @@ def count_steps(num_images, batch_size, cap):
     return min(steps, cap) if cap else steps
 
 
+def training_stream(images, labels, *, image_size, batch_size, steps, augmentation, seed,
+                    epochs, first_epoch=0):
+    """The training batches of epochs first_epoch .. epochs-1, `steps` batches each.
+
+    Each epoch's order (a full shuffle, then its first steps * batch_size images) and its
+    augmentation depend only on (seed, epoch). A resumed run therefore sees exactly the
+    batches of the unbroken run: tf.data's reshuffle_each_iteration counts the iterations
+    of the process, so a fresh process would start again at the first epoch's order."""
+    import tensorflow as tf
+
+    if len(images) < batch_size:
+        raise data.DataError(
+            f"batch_size {batch_size} is larger than the {len(images)} training images; "
+            "lower --batch-size or use more data")
+    per_epoch = steps * batch_size
+    transform = data.AUGMENT_FUNCTIONS[augmentation]
+    image_size = tuple(int(s) for s in image_size)
+    images, labels = tf.constant(images), tf.constant(labels)
+
+    def epoch_elements(epoch):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(epoch_seed, 2, alg="philox"))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(images, out_type=tf.int64)[0]), seed=order_seed, alg="philox")
+        image_seeds = tf.random.stateless_uniform(
+            [per_epoch, 2], seed=augment_seed, minval=None, maxval=None, dtype=tf.int64,
+            alg="philox")
+        return tf.data.Dataset.from_tensor_slices((order[:per_epoch], image_seeds))
+
+    def prepare(index, image_seed):
+        image = transform(tf.cast(tf.gather(images, index), tf.float32), image_size, image_seed)
+        return image, tf.one_hot(tf.gather(labels, index), data.NUM_CLASSES)
+
+    dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_elements)
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
 def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
     """Trains `model` per `config`; returns (history, monitor). With `run_dir`, logs into the
-    run folder (history.csv, TensorBoard, per-epoch backups for --resume)."""
+    run folder (history.csv, TensorBoard, per-epoch backups) and first restores the newest
+    backup there (--resume), training only the epochs after it."""
     image_size = model.input_shape[1:3]
     train_images, train_labels = splits["train"]
-    train_ds = data.make_dataset(
+    steps = count_steps(len(train_images), config.batch_size, config.steps_per_epoch)
+    compile_model(model, config, steps, backend)
+    monitor = TrainingMonitor(config.batch_size)
+    callbacks = [monitor, StopOnNonFiniteLoss()]
+    first_epoch = 0
+    if run_dir is not None:
+        first_epoch = restore_backup(model, run_dir / "backup")
+        callbacks += make_callbacks(run_dir, confusion_images(splits))
+    train_ds = training_stream(
         train_images, train_labels, image_size=image_size, batch_size=config.batch_size,
-        training=True, augmentation=config.augmentation, seed=config.seed,
-    )
+        steps=steps, augmentation=config.augmentation, seed=config.seed,
+        epochs=config.epochs, first_epoch=first_epoch)
+    if first_epoch >= config.epochs:
+        return empty_history(), monitor  # Killed after training, while saving: nothing to redo.
     val_ds = None
     if len(splits["validation"][0]):
         val_ds = data.make_dataset(
             *splits["validation"], image_size=image_size, batch_size=config.batch_size,
             training=False,
             batch_multiple=distribution.evaluation_batch_multiple(config.batch_size))
-    steps = count_steps(len(train_images), config.batch_size, config.steps_per_epoch)
-    compile_model(model, config, steps, backend)
-    monitor = TrainingMonitor(config.batch_size)
-    callbacks = [monitor, keras.callbacks.TerminateOnNaN()]
-    if run_dir is not None:
-        callbacks += make_callbacks(run_dir, confusion_images(splits))
     history = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
-        steps_per_epoch=steps if config.steps_per_epoch else None,
+        initial_epoch=first_epoch,
+        steps_per_epoch=steps,
         callbacks=[*callbacks, *extra_callbacks],
-        shuffle=False,  # The tf.data pipeline shuffles, seeded.
+        shuffle=False,  # The stream is shuffled, seeded per epoch.
         verbose=1 if sys.stdout.isatty() else 2,
     )
     return history, monitor
+
+
+def empty_history():
+    history = keras.callbacks.History()
+    history.epoch = []
+    return history
 
 
 def confusion_images(splits):
@@ -221,11 +421,10 @@ def best_validation_accuracy(history_path):
     return max(values) if values else None
 
 
-def loss_is_finite(history):
-    losses = history.history.get("loss", [])
-    return all(math.isfinite(v) for v in losses)
-
-
 def save_outputs(model, run_dir, metrics):
-    runs.save_model(model, run_dir / "model.keras")
-    runs.write_json(run_dir / "metrics.json", metrics)
+    """model.keras, then metrics.json (which marks the run finished), each written
+    atomically; then the backup goes. A kill before metrics.json is committed leaves the
+    backup, and --resume redoes only the test evaluation and the saving."""
+    runs.save_model(model, run_dir / "model.keras", name="model-partial")
+    runs.write_json(run_dir / "metrics.json", metrics, name="metrics-partial")
+    remove_backup(run_dir)

@@ -40,3 +40,16 @@ def cifar_batch(cifar_splits):
     """200 real training images (float32, [0, 255]) with integer labels."""
     images, labels = cifar_splits["train"]
     return images.astype("float32"), labels
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_run(tmp_path_factory):
+    """One unbroken 3-epoch tiny CNN run through the CLI, made once per pytest process: the
+    CLI tests check its folder, the kill/resume tests compare their runs with it.
+    Returns (working folder, CompletedProcess, run folder)."""
+    from cli_helpers import TINY_TRAIN_FLAGS, run_train
+
+    cwd = tmp_path_factory.mktemp("cli")
+    result = run_train(TINY_TRAIN_FLAGS, cwd)
+    (run_dir,) = (cwd / "runs").iterdir()
+    return cwd, result, run_dir

@@ -1,45 +1,25 @@
-"""`python -m kerasvit.train` end to end: run folders, no overwrites, one-line errors, resume."""
+"""`python -m kerasvit.train` end to end: run folders, no overwrites, one-line errors.
+(Kill/resume and the table of bad inputs: tests/test_reliability.py.)"""
 
-import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from cli_helpers import TINY_EPOCHS, TINY_TRAIN_FLAGS, history_rows, run_train
 from kerasvit import train
 
-TINY = ["--subset-per-class", "5", "--epochs", "1", "--batch-size", "25",
-        "--set", "validation_size=100", "--set", "test_images=500",
-        "--set", "model_args.widths=[16, 32, 64]",
-        "--set", "model_args.stem_width=16"]
 RUN_FILES = ("config.json", "env.json", "history.csv", "model.keras", "metrics.json")
 
 
-def run_train(args, cwd, backend=None, check=True):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if backend:
-        env["KERAS_BACKEND"] = backend
-    result = subprocess.run([sys.executable, "-m", "kerasvit.train", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        pytest.fail(f"train exited {result.returncode}:\n{result.stderr[-3000:]}")
-    return result
-
-
 def run_folders(root):
-    return sorted((Path(root) / "runs").iterdir())
+    return sorted((root / "runs").iterdir())
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("cli")
-    first = run_train(["--model", "cnn", *TINY], cwd)
-    run_train(["--model", "cnn", *TINY], cwd)
+def two_runs(tiny_cnn_run):
+    """The shared tiny run, and a second one started from the same folder."""
+    cwd, first, _ = tiny_cnn_run
+    run_train(TINY_TRAIN_FLAGS, cwd)
     return cwd, first
 
 
@@ -49,18 +29,18 @@ def test_run_folder_has_every_file(two_runs, backend):
     assert run_dir.name.startswith(f"cnn-{backend}-")
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
+    assert not (run_dir / "backup").exists()  # a finished run keeps no backup
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["subset_per_class"] == 5 and config["model_args"]["widths"] == [16, 32, 64]
+    assert config["subset_per_class"] == 5 and config["model_args"]["widths"] == [8, 16, 32]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["backend"] == backend and env["versions"]["keras"] and env["num_devices"] >= 1
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["test_images"] == 500
+    assert metrics["test_images"] == 100 and "resumed_after_epochs" not in metrics
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
     assert metrics["train_images_per_s"] > 0
-    with open(run_dir / "history.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [row["epoch"] for row in rows] == ["0"]
+    rows = history_rows(run_dir)
+    assert [int(row["epoch"]) for row in rows] == list(range(TINY_EPOCHS))
     assert {"loss", "accuracy", "f1", "val_accuracy", "learning_rate"} <= set(rows[0])
     assert "test accuracy" in first.stdout and str(run_dir.name) in first.stdout
 
@@ -75,7 +55,7 @@ def test_existing_run_dir_is_refused_without_touching_it(two_runs):
     cwd, _ = two_runs
     existing = run_folders(cwd)[0]
     before = (existing / "metrics.json").read_bytes()
-    result = run_train(["--model", "cnn", *TINY, "--run-dir", str(existing)], cwd, check=False)
+    result = run_train([*TINY_TRAIN_FLAGS, "--run-dir", str(existing)], cwd, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"kerasvit.train: error: run folder {existing} already exists; choose another "
@@ -109,35 +89,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, ar
 
 
 def test_unknown_backend_is_refused_before_keras_loads(tmp_path):
-    result = run_train(["--model", "cnn"], tmp_path, backend="mxnet", check=False)
+    result = run_train(["--model", "cnn"], tmp_path, check=False, KERAS_BACKEND="mxnet")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "kerasvit.train: error: unknown backend KERAS_BACKEND='mxnet'; set it to one of "
         "tensorflow, jax, torch"
     ]
-
-
-def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
-    run_dir = tmp_path / "runs" / "killed"
-    args = ["--model", "cnn", "--subset-per-class", "5", "--epochs", "4", "--batch-size", "25",
-            "--set", "validation_size=50", "--set", "test_images=100",
-            "--set", "model_args.widths=[8, 16, 32]",
-            "--set", "model_args.stem_width=8", "--run-dir", str(run_dir)]
-    process = subprocess.Popen([sys.executable, "-m", "kerasvit.train", *args], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not list((run_dir / "backup").glob("*")) and time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail("training ended before it could be killed")
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (run_dir / "metrics.json").exists()
-
-    run_train(["--resume", str(run_dir)], tmp_path)
-    with open(run_dir / "history.csv") as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == [0, 1, 2, 3]
-    assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
-    again = run_train(["--resume", str(run_dir)], tmp_path, check=False)
-    assert again.returncode == 2 and "already finished" in again.stderr
