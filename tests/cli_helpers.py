@@ -1,5 +1,6 @@
 """Running kerasvit's CLIs in subprocesses, as a user would; shared by the CLI tests."""
 
+import contextlib
 import csv
 import os
 import signal
@@ -30,17 +31,49 @@ def cli_env(**overrides):
     return env
 
 
-def default_sigint():
-    # A shell's background jobs inherit SIGINT ignored, and Python then keeps it ignored:
-    # the child must get the default (KeyboardInterrupt) whatever ran pytest.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+@contextlib.contextmanager
+def child_settings(file_size_limit=None):
+    """What a child process inherits, set only while it is started (no preexec_fn: Python
+    code between fork and exec can deadlock a multithreaded parent such as JAX):
+    - SIGINT as Python's default: a shell's background job inherits it ignored, exec keeps
+      "ignored", and the child would never see Ctrl-C;
+    - a file-size limit (RLIMIT_FSIZE), when asked."""
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    if previous_sigint == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_limit = None
+    if file_size_limit:
+        import resource
+
+        previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, previous_limit[1]))
+    try:
+        yield
+    finally:
+        if previous_limit:
+            resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        if previous_sigint == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous_sigint)
 
 
-def run_cli(program, args, cwd, env=None, check=True, timeout=600, preexec_fn=None):
+def start_cli(program, args, cwd, env=None, file_size_limit=None, **popen):
+    """Starts `python -m kerasvit.<program> ARGS`; returns the Popen."""
+    with child_settings(file_size_limit):
+        return subprocess.Popen([sys.executable, "-m", f"kerasvit.{program}", *map(str, args)],
+                                cwd=cwd, env=env or cli_env(), text=True, **popen)
+
+
+def run_cli(program, args, cwd, env=None, check=True, timeout=600, file_size_limit=None):
     """Runs `python -m kerasvit.<program> ARGS`; returns the CompletedProcess."""
-    result = subprocess.run([sys.executable, "-m", f"kerasvit.{program}", *map(str, args)],
-                            cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
-                            timeout=timeout, preexec_fn=preexec_fn)
+    process = start_cli(program, args, cwd, env, file_size_limit, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         pytest.fail(f"{program} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result

@@ -24,7 +24,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import warnings
 import zipfile
 import zlib
@@ -37,8 +36,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, features
 
-from cli_helpers import (TINY_EPOCHS, TINY_TRAIN_FLAGS, cli_env, default_sigint, history_rows,
-                         run_cli, run_train)
+from cli_helpers import (TINY_EPOCHS, TINY_TRAIN_FLAGS, cli_env, history_rows, run_cli,
+                         run_train, start_cli)
 from kerasvit import config as cfg
 from kerasvit import predict, runs
 
@@ -346,9 +345,9 @@ FULL_SIZE = 96 * 1024  # config, env, history and TensorBoard fit; the first bac
 
 @pytest.fixture
 def full_location(tmp_path):
-    """(folder, preexec_fn): a folder on a tiny tmpfs (as root) that fills up at the first
-    backup; elsewhere a file-size limit (RLIMIT_FSIZE) for the child, which fails writes
-    beyond it as a full disk does, with EFBIG instead of ENOSPC."""
+    """(folder, file-size limit or None): a folder on a tiny tmpfs (as root) that fills up
+    at the first backup; elsewhere a file-size limit (RLIMIT_FSIZE) for the child, which
+    fails writes beyond it as a full disk does, with EFBIG instead of ENOSPC."""
     path = tmp_path / "full"
     path.mkdir()
     if IS_ROOT:
@@ -360,13 +359,7 @@ def full_location(tmp_path):
             finally:
                 subprocess.run(["umount", str(path)], capture_output=True)
             return
-    import resource
-
-    def limit_file_size():
-        default_sigint()
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FULL_SIZE, FULL_SIZE))
-
-    yield path, limit_file_size
+    yield path, FULL_SIZE
 
 
 # ---------------------------------------------------------------- shared sources
@@ -413,19 +406,19 @@ def sources_for(row, request):
 
 
 def make_row_files(row, tmp, request):
-    """Makes the row's files; returns ({placeholder: path}, preexec_fn for the child)."""
-    places, preexec = {"tmp": str(tmp)}, default_sigint
+    """Makes the row's files; returns ({placeholder: path}, file-size limit for the child)."""
+    places, file_size_limit = {"tmp": str(tmp)}, None
     sources = sources_for(row, request)
     for name in row.files:
         if name == "readonly":
             places[name] = str(request.getfixturevalue("readonly_location"))
         elif name == "full":
-            path, limit = request.getfixturevalue("full_location")
-            places[name], preexec = str(path), limit or default_sigint
+            path, file_size_limit = request.getfixturevalue("full_location")
+            places[name] = str(path)
         else:
             MAKERS[name](tmp / name, sources)
             places[name] = str(tmp / name)
-    return places, preexec
+    return places, file_size_limit
 
 
 def fill(text, places):
@@ -465,7 +458,7 @@ def expensive_rows():
 
 
 def check_bad_input(row, tmp_path, request, pythonpath=None):
-    places, preexec = make_row_files(row, tmp_path, request)
+    places, file_size_limit = make_row_files(row, tmp_path, request)
     cwd = tmp_path / "cwd"  # a default runs/ folder would appear here
     cwd.mkdir()
     before = snapshot(tmp_path)
@@ -474,7 +467,8 @@ def check_bad_input(row, tmp_path, request, pythonpath=None):
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     args = [fill(arg, places) for arg in row.args]
-    result = run_cli(row.program, args, cwd, env=env, check=False, preexec_fn=preexec)
+    result = run_cli(row.program, args, cwd, env=env, check=False,
+                     file_size_limit=file_size_limit)
     lines = result.stderr.strip().splitlines()
     shown = f"exit {result.returncode}\nstderr:\n{result.stderr[-3000:]}"
     assert result.returncode == 2, shown
@@ -560,12 +554,12 @@ ALL_INTERRUPTIONS = [
     Interruption("model-partial", signal.SIGKILL, saved=3),     # while model.keras is written
     Interruption("metrics-partial", signal.SIGINT, saved=3),    # Ctrl-C while metrics.json is
 ]
-# The quick version (each process costs 10-40 s of start-up): SIGKILL during an epoch and
-# while model.keras is written, Ctrl-C while the backup is written.
+# The quick version for every test run (each process costs 10-40 s of start-up): SIGKILL
+# while the backup of epoch 2 is written (its history row is already there), Ctrl-C while
+# model.keras is written (training done, the backup must still be there).
 QUICK_INTERRUPTIONS = [
-    Interruption("epoch1-batch0", signal.SIGKILL, saved=1),
-    Interruption("backup-2-partial", signal.SIGINT, saved=1),
-    Interruption("model-partial", signal.SIGKILL, saved=3),
+    Interruption("backup-2-partial", signal.SIGKILL, saved=1),
+    Interruption("model-partial", signal.SIGINT, saved=3),
 ]
 COMPARED_COLUMNS = ("loss", "accuracy", "top5_accuracy", "f1", "learning_rate", "val_loss",
                     "val_accuracy", "val_top5_accuracy", "val_f1")
@@ -578,10 +572,8 @@ def run_until_paused(args, point, cwd):
     the process says it paused at `point`."""
     stderr_path = cwd / f"stderr-{point}.txt"
     with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "kerasvit.train", *map(str, args)], cwd=cwd,
-            env=cli_env(**{runs.PAUSE_VARIABLE: point}), stdout=subprocess.PIPE,
-            stderr=stderr, text=True, preexec_fn=default_sigint)
+        process = start_cli("train", args, cwd, env=cli_env(**{runs.PAUSE_VARIABLE: point}),
+                            stdout=subprocess.PIPE, stderr=stderr)
     seen = []
     for line in process.stdout:
         seen.append(line)

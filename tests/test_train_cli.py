@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cli_helpers import TINY_EPOCHS, TINY_TRAIN_FLAGS, history_rows, run_train
-from kerasvit import train
+from kerasvit import runs, train
 
 RUN_FILES = ("config.json", "env.json", "history.csv", "model.keras", "metrics.json")
 
@@ -15,17 +15,9 @@ def run_folders(root):
     return sorted((root / "runs").iterdir())
 
 
-@pytest.fixture(scope="module")
-def two_runs(tiny_cnn_run):
-    """The shared tiny run, and a second one started from the same folder."""
-    cwd, first, _ = tiny_cnn_run
-    run_train(TINY_TRAIN_FLAGS, cwd)
-    return cwd, first
-
-
-def test_run_folder_has_every_file(two_runs, backend):
-    cwd, first = two_runs
-    run_dir = run_folders(cwd)[0]
+def test_run_folder_has_every_file(tiny_cnn_run, backend):
+    cwd, first, run_dir = tiny_cnn_run
+    assert run_folders(cwd) == [run_dir]
     assert run_dir.name.startswith(f"cnn-{backend}-")
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
@@ -45,15 +37,17 @@ def test_run_folder_has_every_file(two_runs, backend):
     assert "test accuracy" in first.stdout and str(run_dir.name) in first.stdout
 
 
-def test_second_run_gets_its_own_folder(two_runs):
-    cwd, _ = two_runs
-    first, second = run_folders(cwd)
-    assert first != second and (second / "model.keras").is_file()
+def test_second_run_gets_its_own_folder(tmp_path):
+    """Runs started in the same second get numbered folders (the name has the time in it)."""
+    first = runs.new_run_dir("cnn", "torch", root=tmp_path)
+    second = runs.new_run_dir("cnn", "torch", root=tmp_path)
+    assert first != second and first.is_dir() and second.is_dir()
+    if second.name.startswith(first.name):  # the same second (else the time differs)
+        assert second.name == f"{first.name}-2"
 
 
-def test_existing_run_dir_is_refused_without_touching_it(two_runs):
-    cwd, _ = two_runs
-    existing = run_folders(cwd)[0]
+def test_existing_run_dir_is_refused_without_touching_it(tiny_cnn_run):
+    cwd, _, existing = tiny_cnn_run
     before = (existing / "metrics.json").read_bytes()
     result = run_train([*TINY_TRAIN_FLAGS, "--run-dir", str(existing)], cwd, check=False)
     assert result.returncode == 2
