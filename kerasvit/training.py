@@ -149,8 +149,10 @@ def first_nonfinite_epoch(history):
 
 BACKUP_PATTERN = "epoch-*.weights.h5"
 # Keras' save_weights leaves out the state of the random generators (dropout, stochastic
-# depth); it goes into the same file, so that one rename commits all of it.
+# depth): Keras' seed generators, and on torch also torch's own global generators. It goes
+# into the same file, so that one rename commits all of it.
 RANDOM_STATE_ATTRIBUTE = "kerasvit_seed_generator_states"
+TORCH_RANDOM_STATE_PREFIX = "kerasvit_torch_generator_"
 
 
 def backup_files(backup_dir):
@@ -172,12 +174,38 @@ def seed_generator_states(model):
     return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
+def torch_generator_states():
+    """torch's global random generators (name -> uint8 state). Keras' Dropout draws from
+    them on torch when it was given no seed (its "fast path"), not from a seed generator."""
+    if keras.backend.backend() != "torch":
+        return {}
+    import torch
+
+    states = {"cpu": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available():
+        states.update({f"cuda{index}": state.numpy()
+                       for index, state in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def set_torch_generator_state(name, state):
+    import torch
+
+    state = torch.from_numpy(np.asarray(state, dtype=np.uint8))
+    if name == "cpu":
+        torch.set_rng_state(state)
+    elif torch.cuda.is_available() and int(name[4:]) < torch.cuda.device_count():
+        torch.cuda.set_rng_state(state, device=int(name[4:]))
+
+
 def store_random_state(path, model):
     import h5py
 
     states = [keras.ops.convert_to_numpy(v).tolist() for v in seed_generator_states(model)]
     with h5py.File(path, "a") as f:
         f.attrs[RANDOM_STATE_ATTRIBUTE] = json.dumps(states)
+        for name, state in torch_generator_states().items():
+            f.attrs[TORCH_RANDOM_STATE_PREFIX + name] = state
 
 
 def restore_random_state(path, model):
@@ -196,6 +224,17 @@ def restore_random_state(path, model):
         return
     for variable, state in zip(variables, saved):
         variable.assign(np.asarray(state, dtype=variable.dtype))
+
+
+def saved_torch_generator_states(path):
+    """The torch generator states in a backup ({} when not saved under torch)."""
+    import h5py
+
+    if keras.backend.backend() != "torch":
+        return {}
+    with h5py.File(path, "r") as f:
+        return {name[len(TORCH_RANDOM_STATE_PREFIX):]: np.asarray(f.attrs[name])
+                for name in f.attrs if name.startswith(TORCH_RANDOM_STATE_PREFIX)}
 
 
 def save_backup(model, backup_dir, epochs_done):
@@ -267,11 +306,22 @@ class EpochBackup(keras.callbacks.Callback):
     epoch must not replace the last good state). Replaces keras.callbacks.BackupAndRestore,
     which writes weights, then the epoch number, in place (a kill in between loses the run
     or pairs new weights with an old epoch), omits the random-generator states, and deletes
-    its backup when fit returns, before the model and metrics are saved."""
+    its backup when fit returns, before the model and metrics are saved.
 
-    def __init__(self, backup_dir):
+    `torch_generator_states` (from the backup a run resumes from) are set at the first
+    training step, not when the backup is loaded: on torch, Keras feeds tf.data through a
+    torch DataLoader, whose iterators draw from the global generator when fit creates them,
+    which the unbroken run did before its backup was written."""
+
+    def __init__(self, backup_dir, torch_generator_states=None):
         super().__init__()
         self.backup_dir = Path(backup_dir)
+        self.pending_generator_states = torch_generator_states or {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for name, state in self.pending_generator_states.items():
+            set_torch_generator_state(name, state)
+        self.pending_generator_states = {}
 
     def on_epoch_end(self, epoch, logs=None):
         if logs_are_finite(logs):
@@ -290,9 +340,10 @@ class PausePoints(keras.callbacks.Callback):
         runs.pause_point(f"epoch{self.epoch}-batch{batch}")
 
 
-def make_callbacks(run_dir, confusion_images):
+def make_callbacks(run_dir, confusion_images, torch_generator_states=None):
     """The run folder's callbacks; `confusion_images` = (images, labels, split name) for the
-    confusion-matrix image written to TensorBoard at the end of training."""
+    confusion-matrix image written to TensorBoard at the end of training;
+    `torch_generator_states` to set at the first step of a resumed run (see EpochBackup)."""
     from kerasvit.tensorboard_images import ConfusionMatrixImage
 
     # Order matters: they run after TrainingMonitor has filled the logs, and the backup is
@@ -302,7 +353,7 @@ def make_callbacks(run_dir, confusion_images):
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         ConfusionMatrixImage(run_dir / "tensorboard" / "validation", *confusion_images),
-        EpochBackup(run_dir / "backup"),
+        EpochBackup(run_dir / "backup", torch_generator_states),
     ]
     if os.environ.get(runs.PAUSE_VARIABLE):
         callbacks.append(PausePoints())
@@ -366,7 +417,9 @@ def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
     first_epoch = 0
     if run_dir is not None:
         first_epoch = restore_backup(model, run_dir / "backup")
-        callbacks += make_callbacks(run_dir, confusion_images(splits))
+        generators = (saved_torch_generator_states(backup_files(run_dir / "backup")[-1])
+                      if first_epoch else {})
+        callbacks += make_callbacks(run_dir, confusion_images(splits), generators)
     train_ds = training_stream(
         train_images, train_labels, image_size=image_size, batch_size=config.batch_size,
         steps=steps, augmentation=config.augmentation, seed=config.seed,

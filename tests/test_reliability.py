@@ -729,7 +729,8 @@ def test_sigterm_becomes_an_interrupt_with_exit_code_143():
 
 
 def test_backup_carries_the_random_generator_state(tmp_path):
-    """save_weights leaves out SeedGenerator states; the backup restores them."""
+    """save_weights leaves out SeedGenerator states; the backup restores them (the slow
+    test_killed_run_with_dropout_resumes_exactly checks the whole effect)."""
     import keras
 
     from kerasvit import training
@@ -754,6 +755,9 @@ def test_backup_carries_the_random_generator_state(tmp_path):
     assert training.restore_backup(fresh, tmp_path / "backup") == 4
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(training.seed_generator_states(fresh)[0]), advanced)
+    # On torch, unseeded Dropout draws from torch's global generator: saved as well.
+    saved = training.saved_torch_generator_states(training.backup_files(tmp_path / "backup")[0])
+    assert ("cpu" in saved) == (keras.backend.backend() == "torch")
 
 
 def test_history_keeps_the_backed_up_epochs_once(tmp_path):
