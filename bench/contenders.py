@@ -9,8 +9,9 @@ kind:
   pipeline kerasvit.data.make_dataset on CIFAR-10 with augmentation (images/s, no model).
 
 group: contenders of one group share one worker process (one backend per process, since
-Keras fixes it at import). torch.compile and previews get processes of their own, so a
-crash or a patched class cannot touch the plain contenders.
+Keras fixes it at import). Every torch.compile contender and the previews get processes of
+their own: dynamo's caches are per process (two compiled models in one process share the
+recompile limit of Keras' layer code), and a crash cannot touch the plain contenders.
 """
 
 import fnmatch
@@ -37,7 +38,7 @@ def keras_contenders(model):
         out.append(contender(f"keras-torch-{precision}", "keras", "torch", "keras-torch", precision,
                              jit=False))
         out.append(contender(f"keras-torch-{precision}-compile", "keras", "torch",
-                             "keras-torch-compile", precision, jit=True, compile=True,
+                             f"keras-torch-compile-{precision}", precision, jit=True, compile=True,
                              default=not big))
     return out
 
@@ -48,7 +49,7 @@ def native_contenders(model):
         return [
             contender("hf-fp32", "native", "torch", "native", "fp32", framework="transformers"),
             contender("hf-bf16", "native", "torch", "native", "bf16", framework="transformers"),
-            contender("hf-bf16-compile", "native", "torch", "native-compile", "bf16",
+            contender("hf-bf16-compile", "native", "torch", "native-compile-bf16", "bf16",
                       compile=True, framework="transformers", default=False),
         ]
     out = []
@@ -59,13 +60,15 @@ def native_contenders(model):
             out.append(contender(f"native-{precision}-cl", "native", "torch", "native", precision,
                                  channels_last=True))
             out.append(contender(f"native-{precision}-cl-compile", "native", "torch",
-                                 "native-compile", precision, compile=True, channels_last=True))
+                                 f"native-compile-{precision}", precision, compile=True,
+                                 channels_last=True))
     else:  # vit: channels_last touches only the patch conv
         for precision in ("fp32", "bf16"):
             out.append(contender(f"native-{precision}", "native", "torch", "native", precision,
                                  channels_last=False))
             out.append(contender(f"native-{precision}-compile", "native", "torch",
-                                 "native-compile", precision, compile=True, channels_last=False))
+                                 f"native-compile-{precision}", precision, compile=True,
+                                 channels_last=False))
         # Keras' attention path in kerasvit (explicit softmax, no fused kernel), natively.
         out.append(contender("native-fp32-explicit-attention", "native", "torch", "native", "fp32",
                              channels_last=False, fused_attention=False))

@@ -103,7 +103,12 @@ def build_vit_fused_attention(**model_args):
 def build_vit_b16(arch, num_classes=10):
     """kerasvit's vit_b16 architecture (keras-hub ViTImageClassifier on a ViTBackbone,
     logits, no dropout) with random weights: built from arguments, no preset download.
-    No preprocessor: the benchmark feeds already scaled 224x224 images to every contender."""
+    No preprocessor: the benchmark feeds already scaled 224x224 images to every contender.
+
+    The head is float32, as in kerasvit's cnn and vit. (kerasvit's own vit_b16 builder leaves
+    keras-hub's default, the backbone's policy: under mixed_bfloat16 its logits are bf16 and
+    TensorFlow's top-5 metric fails at the first step, "Input 'predictions' of 'InTopKV2' Op
+    has type bfloat16"; a 768x10 layer's precision does not change the speed.)"""
     import keras_hub
 
     arch = dict(arch)
@@ -111,7 +116,7 @@ def build_vit_b16(arch, num_classes=10):
     backbone = keras_hub.models.ViTBackbone(**arch)
     return keras_hub.models.ViTImageClassifier(
         backbone=backbone, num_classes=num_classes, activation=None, dropout=0.0,
-        preprocessor=None)
+        preprocessor=None, head_dtype="float32")
 
 
 def build_model(spec, contender):

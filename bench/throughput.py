@@ -309,7 +309,7 @@ class Bench:
         self.image_size = image_size(args, self.config, self.arch)
         self.batch_size = self.config["batch_size"]
         self.chosen = contender_defs.select(args.model, args.contenders, args.skip)
-        self.log_dir = args.log_dir or args.json.with_name(args.json.stem + "_logs")
+        self.log_dir = (args.log_dir or args.json.with_name(args.json.stem + "_logs")).resolve()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.batches_path = self.log_dir / "batches.npz"
         self.results = {c["name"]: {**c, "status": "pending", "error": None}

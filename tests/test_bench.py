@@ -52,7 +52,7 @@ def test_native_vit_explicit_attention_equals_fused():
         torch.testing.assert_close(fused(images), explicit(images), atol=1e-4, rtol=1e-4)
 
 
-def test_previews_keep_the_parameter_counts():
+def test_previews_keep_the_parameter_counts(backend):
     from bench import keras_side
     from kerasvit import models
 
@@ -62,8 +62,9 @@ def test_previews_keep_the_parameter_counts():
     vit_args = dict(num_layers=2, hidden_dim=32, mlp_dim=64, num_heads=2)
     fused = keras_side.build_vit_fused_attention(**vit_args)
     assert keras_counts(fused) == keras_counts(models.build_model("vit", **vit_args))
-    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    assert fused.predict_on_batch(images).shape == (2, 10)
+    if backend == "torch":  # the backend the fused path is for; elsewhere it costs a compile
+        images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        assert fused.predict_on_batch(images).shape == (2, 10)
 
 
 def test_hf_vit_has_the_keras_hub_vit_parameter_count():
