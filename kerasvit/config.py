@@ -51,6 +51,10 @@ class TrainConfig:
     steps_per_epoch: int = 0
     # "data_parallel": split each (global) batch over every device; JAX only.
     distribute: str = "none"
+    # Minutes of whole-process wall time; > 0 sizes `epochs` to fit (see kerasvit.budget).
+    time_budget_minutes: float = 0.0
+    # Also report test accuracy averaged over each image and its mirror image.
+    test_time_augmentation: bool = False
     model_args: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
@@ -196,13 +200,14 @@ def validate(config):
     for name in positive:
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(config, name)}")
-    for name in ("learning_rate", "weight_decay", "warmup_epochs", "label_smoothing"):
+    for name in ("learning_rate", "weight_decay", "warmup_epochs", "label_smoothing",
+                 "time_budget_minutes"):
         if not math.isfinite(getattr(config, name)):
             raise ConfigError(f"{name} must be a finite number, got {getattr(config, name)}")
     if config.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}")
     for name in ("subset_per_class", "validation_size", "test_images", "steps_per_epoch",
-                 "weight_decay", "warmup_epochs", "label_smoothing"):
+                 "weight_decay", "warmup_epochs", "label_smoothing", "time_budget_minutes"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if config.label_smoothing > 1:

@@ -22,6 +22,7 @@ PROG = "kerasvit.evaluate"
 WARMUP_CALLS = 2  # The first calls trace/compile (TF graphs, XLA) and fill caches.
 TIMING_BUDGET_S = 30.0  # Timing stops early past this, after at least MIN_TIMED_CALLS calls.
 MIN_TIMED_CALLS = 3
+TTA_METHOD = "softmax averaged over each test image and its horizontal mirror (flip TTA)"
 
 
 def parse_args(argv=None):
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--timing-repeats", type=int, default=10, metavar="N",
                         help="timed batches for throughput; 3N single images for latency (default 10)")
     parser.add_argument("--data-dir", help="TFDS data folder (default: the run's, else $TFDS_DATA_DIR)")
+    parser.add_argument("--tta", action="store_true",
+                        help="also report accuracy with flip test-time augmentation (separately)")
     cli.add_unsafe_load_flag(parser)
     return parser.parse_args(argv)
 
@@ -106,6 +109,26 @@ def predict_logits(model, images, batch_size):
                                 training=False)
     verbose = 1 if sys.stdout.isatty() else 0
     return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
+
+
+def flip_averaged_probabilities(model, images, batch_size, logits=None):
+    """Mean of the softmax over each image and its mirror image (`logits`: the plain
+    images' logits when already computed)."""
+    from kerasvit import reports
+
+    if logits is None:
+        logits = predict_logits(model, images, batch_size)
+    mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), batch_size)
+    return (reports.softmax(logits) + reports.softmax(mirrored)) / 2.0
+
+
+def tta_evaluation(model, images, labels, batch_size, logits):
+    from kerasvit import reports
+
+    probabilities = flip_averaged_probabilities(model, images, batch_size, logits)
+    metrics = reports.classification_metrics(labels, probabilities, CLASS_NAMES)
+    return {"method": TTA_METHOD,
+            **{key: metrics[key] for key in ("accuracy", "top5_accuracy", "f1_macro")}}
 
 
 def median_call_seconds(model, batch, repeats):
@@ -192,6 +215,8 @@ def evaluate(args, backend):
     evaluation = describe(model, model_path, run_dir, backend)
     evaluation.update(reports.classification_metrics(labels, probabilities, CLASS_NAMES))
     evaluation["loss"] = reports.cross_entropy(labels, logits)
+    if args.tta:
+        evaluation["tta"] = tta_evaluation(model, images, labels, args.batch_size, logits)
     evaluation.update(measure_speed(model, images, args.batch_size, args.timing_repeats))
 
     history = reports.read_history(run_dir / "history.csv") if run_dir else None
@@ -234,6 +259,9 @@ def print_summary(out_dir, evaluation):
         "",
         f"  test accuracy   {evaluation['accuracy']:.4f}  (top-5 {evaluation['top5_accuracy']:.4f}, "
         f"macro F1 {evaluation['f1_macro']:.4f}, loss {evaluation['loss']:.4f})",
+        *([f"  with flip TTA   {evaluation['tta']['accuracy']:.4f}  (top-5 "
+           f"{evaluation['tta']['top5_accuracy']:.4f}, macro F1 {evaluation['tta']['f1_macro']:.4f})"]
+          if "tta" in evaluation else []),
         f"  throughput      {evaluation['images_per_s']:.0f} images/s "
         f"(batch {evaluation['throughput_batch_size']})",
         f"  latency         {evaluation['latency_ms']:.2f} ms per image (batch 1, median)",

@@ -260,6 +260,10 @@ def summary_table(evaluation):
          f"{evaluation['images_per_s']:.0f}"),
         ("latency per image (ms, batch 1, median)", f"{evaluation['latency_ms']:.2f}"),
     ]
+    if "tta" in evaluation:  # Reported apart: TTA costs two forward passes per image.
+        rows[2:2] = [("test accuracy with flip TTA (2 passes per image)",
+                      evaluation["tta"]["accuracy"]),
+                     ("top-5 accuracy with flip TTA", evaluation["tta"]["top5_accuracy"])]
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {format_value(value)} |" for name, value in rows]
     return lines

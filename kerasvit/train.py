@@ -10,13 +10,17 @@ metrics.json. A kill at any moment loses at most the epoch in progress: see READ
 "Reliability".
 """
 
-import json
-import math
 import time
-from pathlib import Path
 
-from kerasvit import cli, distribution, runs
-from kerasvit.errors import UserError
+# The time budget counts from here: the interpreter start before it takes well under a second.
+PROCESS_START = time.time()
+
+import json  # noqa: E402
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from kerasvit import cli, distribution, runs  # noqa: E402
+from kerasvit.errors import UserError  # noqa: E402
 from kerasvit.config import ConfigError, check_model_args, config_from_dict, resolve, validate
 
 PROG = "kerasvit.train"
@@ -33,6 +37,8 @@ FLAG_KEYS = {
     "preset": "model_args.preset",
     "finetune": "model_args.finetune",
     "distribute": "distribute",
+    "time_budget": "time_budget_minutes",
+    "tta": "test_time_augmentation",
 }
 VIT_B16_ONLY = ("preset", "finetune")
 
@@ -53,6 +59,11 @@ def parse_args(argv=None):
     parser.add_argument("--preset", help="vit_b16: keras-hub preset name or local preset folder")
     parser.add_argument("--finetune", choices=("full", "linear"), help="vit_b16: full fine-tune or linear probe")
     parser.add_argument("--mixed-precision", action="store_true", default=None, help="bfloat16 compute")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="choose the epochs so that the whole run (test included) ends "
+                             "within MINUTES of wall time; replaces --epochs")
+    parser.add_argument("--tta", action="store_true", default=None,
+                        help="also report test accuracy averaged over each image and its mirror")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set model_args.num_layers=8")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder")
@@ -67,6 +78,11 @@ def resolve_config(args):
     for dest in VIT_B16_ONLY:
         if getattr(args, dest) is not None and config.model != "vit_b16":
             raise ConfigError(f"--{dest} applies only to --model vit_b16, not {config.model}")
+    epochs_given = args.epochs is not None or any(
+        override.split("=", 1)[0].strip() == "epochs" for override in args.set)
+    if config.time_budget_minutes and epochs_given:
+        raise ConfigError("pass either --epochs or --time-budget, not both: the time budget "
+                          "chooses the number of epochs")
     return config
 
 
@@ -211,7 +227,12 @@ def run(config, backend, args):
     keras.utils.set_random_seed(config.seed)
     distributed = distribution.setup(config.distribute, config.batch_size, args.hosts)
     model = models.build_model(config.model, **config.model_args)
+    plan = None
+    if config.time_budget_minutes and not args.resume:  # a resumed run keeps its epochs
+        plan = plan_for_budget(config, splits, backend)
     run_dir, resumed_at = open_run_dir(config, backend, args, distributed)
+    if plan:
+        runs.write_json(run_dir / "budget.json", plan)
     print(f"run folder: {run_dir}  (model {config.model}, backend {backend}, "
           f"{len(splits['train'][0])} train / {len(splits['validation'][0])} validation images)")
     if note := distribution.evaluation_note(splits, config.batch_size):
@@ -226,6 +247,23 @@ def run(config, backend, args):
     except runs.WriteError as error:
         cli.fail(PROG, f"{error}; free some space there (or make it writable), then resume "
                        f"with: {resume_command(run_dir, backend)}")
+
+
+def plan_for_budget(config, splits, backend):
+    """Sets `config.epochs` to what fits in the time budget; returns the plan."""
+    from kerasvit import budget, models
+
+    print(f"time budget {config.time_budget_minutes:g} min: timing a few training steps "
+          "to size the schedule")
+    measured = budget.measure(
+        config, splits, backend, lambda: models.build_model(config.model, **config.model_args))
+    plan = budget.plan_epochs(
+        budget_minutes=config.time_budget_minutes, elapsed_s=time.time() - PROCESS_START,
+        measured=measured, validation_images=len(splits["validation"][0]),
+        test_images=len(splits["test"][0]), tta=config.test_time_augmentation)
+    config.epochs = plan["epochs"]
+    print(budget.describe(plan))
+    return plan
 
 
 def open_run_dir(config, backend, args, distributed):
@@ -284,11 +322,32 @@ def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=
         "wall_time_s": time.time() - started,
         "backend": backend,
     }
+    if config.test_time_augmentation:
+        metrics.update(flip_tta_metrics(model, splits["test"], config.batch_size))
+    if config.time_budget_minutes:
+        metrics["time_budget_s"] = 60.0 * config.time_budget_minutes
+    # Written last, so it covers everything but writing the files.
+    metrics["process_wall_time_s"] = time.time() - PROCESS_START
     if resumed_at is not None:
         metrics["resumed_after_epochs"] = resumed_at  # this process trained the rest
     training.save_outputs(model, run_dir, metrics)
     print_summary(run_dir, metrics)
     return run_dir
+
+
+def flip_tta_metrics(model, test_split, batch_size):
+    """Test metrics of softmax averaged over each image and its mirror image."""
+    from kerasvit import CLASS_NAMES, evaluate, reports
+
+    images, labels = test_split
+    probabilities = evaluate.flip_averaged_probabilities(model, images, batch_size)
+    tta = reports.classification_metrics(labels, probabilities, CLASS_NAMES)
+    return {
+        "test_accuracy_tta": tta["accuracy"],
+        "test_top5_accuracy_tta": tta["top5_accuracy"],
+        "test_f1_macro_tta": tta["f1_macro"],
+        "tta_method": evaluate.TTA_METHOD,
+    }
 
 
 def nonfinite_message(bad_epoch, run_dir, config):
@@ -323,10 +382,12 @@ def print_summary(run_dir, metrics):
         f"  best val accuracy {best_val:.4f}" if best_val is not None else "  best val accuracy -",
         f"  test accuracy     {metrics['test_accuracy']:.4f}  (top-5 {metrics['test_top5_accuracy']:.4f}, "
         f"macro F1 {metrics['test_f1_macro']:.4f}, loss {metrics['test_loss']:.4f})",
+        f"  test accuracy TTA {metrics['test_accuracy_tta']:.4f}  (image + mirror averaged)"
+        if "test_accuracy_tta" in metrics else None,
         f"  train speed       {speed:.0f} images/s" if speed else "  train speed       -",
         f"  wall time         {metrics['wall_time_s']:.0f} s",
     ]
-    print("\n".join(lines))
+    print("\n".join(line for line in lines if line is not None))
 
 
 if __name__ == "__main__":

@@ -175,6 +175,8 @@ OFFLINE_ENV = (("TFDS_DATA_DIR", "{tfds-empty}"),
                                                  "HTTPS_PROXY", "all_proxy", "ALL_PROXY")),
                ("no_proxy", None), ("NO_PROXY", None))
 TINY = tuple(TINY_TRAIN_FLAGS)
+TINY_WITHOUT_EPOCHS = tuple(flag for index, flag in enumerate(TINY_TRAIN_FLAGS)
+                            if "--epochs" not in TINY_TRAIN_FLAGS[max(index - 1, 0):index + 1])
 
 BAD_INPUTS = [
     # ---- train: flags and config (model_args.* names are checked against the builder after
@@ -199,6 +201,14 @@ BAD_INPUTS = [
              "got 0"),
     BadInput("negative-batch-size", "train", ("--batch-size", "-8"),
              "batch_size must be positive", "got -8"),
+    BadInput("time-budget-and-epochs", "train", ("--time-budget", "10", "--epochs", "3"),
+             "pass either --epochs or --time-budget", "the time budget chooses the number of epochs"),
+    BadInput("negative-time-budget", "train", ("--time-budget", "-5"),
+             "time_budget_minutes must be >= 0", "got -5.0"),
+    BadInput("time-budget-too-short", "train",
+             (*TINY_WITHOUT_EPOCHS, "--time-budget", "0.05"),
+             "--time-budget 0.05 minutes is too short for one epoch", "give at least",
+             expensive=True),
     BadInput("subset-larger-than-data", "train", ("--subset-per-class", "6000"),
              "subset_per_class 6000 is larger than the 4500 training images per class",
              "use at most 4500"),
