@@ -81,6 +81,18 @@ def test_linear_probe_changes_only_the_head(tiny_preset, cifar_batch, backend):
     assert all(not np.allclose(a, b) for a, b in zip(head_before, weights_of(head)))
 
 
+def test_mixed_precision_trains_with_float32_logits(tiny_preset, cifar_batch, backend):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_vit_b16(preset=tiny_preset[0])
+        assert model.get_layer("predictions").compute_dtype == "float32"
+        assert model.backbone.compute_dtype == "bfloat16"
+        before, after = train_briefly(model, cifar_batch, backend, epochs=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert after["loss"] < before["loss"]
+
+
 def test_offline_download_failure_is_one_clear_line(monkeypatch):
     # A proxy that refuses connections stands in for "no internet", also on machines with it.
     for variable in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):

@@ -35,7 +35,10 @@ def build_vit_b16(
     check_preset(preset, keras_hub)
     try:
         classifier = keras_hub.models.ViTImageClassifier.from_preset(
-            preset, num_classes=num_classes, activation=None, dropout=dropout_rate
+            preset, num_classes=num_classes, activation=None, dropout=dropout_rate,
+            # float32 logits under --mixed-precision too, as in the cnn and vit: keras-hub's
+            # default (the backbone's bf16) breaks TF's top-5 metric ("InTopKV2 ... bfloat16").
+            head_dtype="float32",
         )
     except Exception as error:
         raise preset_error(preset, error) from None
