@@ -26,6 +26,20 @@ def set_precision(mixed_precision):
     # bf16 rather than fp16: it needs no loss scaling, and CPUs with AMX/AVX-512 BF16 and
     # recent GPUs both run it fast.
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed_precision else "float32")
+    if mixed_precision and bf16_is_emulated():
+        print("warning: --mixed-precision on a CPU without bf16 instructions (no AVX-512 BF16 "
+              "or AMX): bf16 is emulated here, about 10x slower than float32 on the cnn in "
+              "bench/; leave --mixed-precision off on this machine", file=sys.stderr)
+
+
+def bf16_is_emulated():
+    """True when training runs on a CPU that lacks bf16 instructions."""
+    try:
+        devices = [str(d).lower() for d in keras.distribution.list_devices()]
+    except Exception:  # Not every backend lists devices in every version.
+        devices = ["cpu:0"]
+    on_cpu = not any("gpu" in d or "cuda" in d or "tpu" in d for d in devices)
+    return on_cpu and runs.cpu_has_bf16_instructions() is False
 
 
 def resolve_jit_compile(setting, backend):

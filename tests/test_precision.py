@@ -1,0 +1,40 @@
+"""--mixed-precision on a CPU without bf16 instructions warns (bench/ measured bf16 ~10x
+slower than float32 on such a CPU); with them, or off, it stays quiet."""
+
+import keras
+import pytest
+
+from kerasvit import runs, training
+
+
+@pytest.mark.parametrize("flags, mixed_precision, warns", [
+    ({"avx2", "fma"}, True, True),
+    ({"avx2", "avx512f", "avx512_bf16"}, True, False),
+    ({"avx2", "amx_bf16", "amx_tile"}, True, False),
+    ({"avx2", "fma"}, False, False),
+])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, capsys, flags,
+                                                       mixed_precision, warns):
+    monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda *a: ["cpu:0"])
+    try:
+        training.set_precision(mixed_precision)
+        assert keras.mixed_precision.global_policy().name == (
+            "mixed_bfloat16" if mixed_precision else "float32")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert ("bf16 is emulated here" in capsys.readouterr().err) == warns
+
+
+def test_no_warning_on_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(runs, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda *a: ["gpu:0", "cpu:0"])
+    try:
+        training.set_precision(True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert "emulated" not in capsys.readouterr().err
+
+
+def test_env_records_whether_the_cpu_has_bf16_instructions():
+    assert runs.collect_env(keras.backend.backend())["cpu_bf16_instructions"] in (True, False, None)
