@@ -30,13 +30,10 @@ TIMED_STEPS = 5
 TIMED_EVAL_BATCHES = 3
 
 
-def median_seconds(function, calls):
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), times
+def seconds(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def measure(config, splits, backend, build_model):
@@ -44,7 +41,7 @@ def measure(config, splits, backend, build_model):
 
     Returns seconds per training step (median), evaluation images/s, and the one-off cost
     of the first (compiling) step."""
-    from kerasvit import training
+    from kerasvit import evaluate, training
 
     model = build_model()
     images, labels = splits["train"]
@@ -61,16 +58,12 @@ def measure(config, splits, backend, build_model):
         logs = model.train_on_batch(*batch, return_dict=True)
         float(logs["loss"])  # Waits for the step: async backends return early.
 
-    first_s, _ = median_seconds(lambda: train_step(batches[0]), 1)
+    first_s = seconds(lambda: train_step(batches[0]))
     for batch in batches[1:WARMUP_STEPS]:
         train_step(batch)
-    step_times = []
-    for batch in batches[WARMUP_STEPS:]:
-        step_s, _ = median_seconds(lambda: train_step(batch), 1)
-        step_times.append(step_s)
-    step_s = float(np.median(step_times))
-    model.predict_on_batch(batches[0][0])  # compiles the predict function
-    eval_s, _ = median_seconds(lambda: model.predict_on_batch(batches[0][0]), TIMED_EVAL_BATCHES)
+    step_s = float(np.median([seconds(lambda b=batch: train_step(b))
+                              for batch in batches[WARMUP_STEPS:]]))
+    eval_s, _ = evaluate.median_call_seconds(model, batches[0][0], TIMED_EVAL_BATCHES)
     return {
         "train_step_s": step_s,
         "eval_images_per_s": config.batch_size / eval_s,

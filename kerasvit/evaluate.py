@@ -122,7 +122,7 @@ def flip_averaged_probabilities(model, images, batch_size, logits=None):
     return (reports.softmax(logits) + reports.softmax(mirrored)) / 2.0
 
 
-def tta_evaluation(model, images, labels, batch_size, logits):
+def tta_evaluation(model, images, labels, batch_size, logits=None):
     from kerasvit import reports
 
     probabilities = flip_averaged_probabilities(model, images, batch_size, logits)

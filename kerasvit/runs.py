@@ -280,14 +280,19 @@ def git_commit():
         return None
 
 
-def collect_env(backend):
-    """What made this run: backend, versions, devices, machine (env.json)."""
+def list_devices():
+    """keras' device names ("cpu:0", "gpu:0", ...) for the current backend."""
     import keras
 
     try:
-        devices = keras.distribution.list_devices()
+        return [str(d) for d in keras.distribution.list_devices()]
     except Exception:  # Not every backend implements device listing in every version.
-        devices = ["cpu:0"]
+        return ["cpu:0"]
+
+
+def collect_env(backend):
+    """What made this run: backend, versions, devices, machine (env.json)."""
+    devices = list_devices()
     return {
         "backend": backend,
         "versions": package_versions(),

@@ -337,16 +337,14 @@ def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=
 
 def flip_tta_metrics(model, test_split, batch_size):
     """Test metrics of softmax averaged over each image and its mirror image."""
-    from kerasvit import CLASS_NAMES, evaluate, reports
+    from kerasvit import evaluate
 
-    images, labels = test_split
-    probabilities = evaluate.flip_averaged_probabilities(model, images, batch_size)
-    tta = reports.classification_metrics(labels, probabilities, CLASS_NAMES)
+    tta = evaluate.tta_evaluation(model, *test_split, batch_size)
     return {
         "test_accuracy_tta": tta["accuracy"],
         "test_top5_accuracy_tta": tta["top5_accuracy"],
         "test_f1_macro_tta": tta["f1_macro"],
-        "tta_method": evaluate.TTA_METHOD,
+        "tta_method": tta["method"],
     }
 
 

@@ -34,10 +34,7 @@ def set_precision(mixed_precision):
 
 def bf16_is_emulated():
     """True when training runs on a CPU that lacks bf16 instructions."""
-    try:
-        devices = [str(d).lower() for d in keras.distribution.list_devices()]
-    except Exception:  # Not every backend lists devices in every version.
-        devices = ["cpu:0"]
+    devices = [d.lower() for d in runs.list_devices()]
     on_cpu = not any("gpu" in d or "cuda" in d or "tpu" in d for d in devices)
     return on_cpu and runs.cpu_has_bf16_instructions() is False
 

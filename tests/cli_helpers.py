@@ -18,6 +18,9 @@ TINY_TRAIN_FLAGS = [
     "--set", "model_args.widths=[8, 16, 32]", "--set", "model_args.stem_width=8",
 ]
 TINY_EPOCHS = 3
+# The same run with no --epochs (for --time-budget, which chooses them).
+TINY_TRAIN_FLAGS_WITHOUT_EPOCHS = [flag for index, flag in enumerate(TINY_TRAIN_FLAGS)
+                                   if "--epochs" not in TINY_TRAIN_FLAGS[max(index - 1, 0):index + 1]]
 
 
 def cli_env(**overrides):

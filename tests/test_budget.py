@@ -6,11 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from cli_helpers import TINY_TRAIN_FLAGS, history_rows, run_cli, run_train
+from cli_helpers import TINY_TRAIN_FLAGS_WITHOUT_EPOCHS, history_rows, run_cli, run_train
 from kerasvit.config import ConfigError
 
-TINY_WITHOUT_EPOCHS = [flag for index, flag in enumerate(TINY_TRAIN_FLAGS)
-                       if "--epochs" not in TINY_TRAIN_FLAGS[max(index - 1, 0):index + 1]]
 MEASURED = {"train_step_s": 0.5, "steps_per_epoch": 100, "eval_images_per_s": 500.0,
             "compile_s": 8.0}
 
@@ -52,7 +50,7 @@ def test_budget_run_ends_in_time_with_the_schedule_finished(tmp_path):
     """The real CLI with a one-minute budget on a tiny CNN: the planned epochs are all
     trained, the learning rate ends at zero (not cut off), and the process ends in time."""
     budget_minutes = 1.0
-    run_train([*TINY_WITHOUT_EPOCHS, "--time-budget", str(budget_minutes), "--tta",
+    run_train([*TINY_TRAIN_FLAGS_WITHOUT_EPOCHS, "--time-budget", str(budget_minutes), "--tta",
                "--run-dir", "budget-run"], tmp_path)
     run_dir = tmp_path / "budget-run"
     config = json.loads((run_dir / "config.json").read_text())

@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, features
 
-from cli_helpers import (TINY_EPOCHS, TINY_TRAIN_FLAGS, cli_env, history_rows, run_cli,
-                         run_train, start_cli)
+from cli_helpers import (TINY_EPOCHS, TINY_TRAIN_FLAGS, TINY_TRAIN_FLAGS_WITHOUT_EPOCHS,
+                         cli_env, history_rows, run_cli, run_train, start_cli)
 from kerasvit import config as cfg
 from kerasvit import predict, runs
 
@@ -175,8 +175,6 @@ OFFLINE_ENV = (("TFDS_DATA_DIR", "{tfds-empty}"),
                                                  "HTTPS_PROXY", "all_proxy", "ALL_PROXY")),
                ("no_proxy", None), ("NO_PROXY", None))
 TINY = tuple(TINY_TRAIN_FLAGS)
-TINY_WITHOUT_EPOCHS = tuple(flag for index, flag in enumerate(TINY_TRAIN_FLAGS)
-                            if "--epochs" not in TINY_TRAIN_FLAGS[max(index - 1, 0):index + 1])
 
 BAD_INPUTS = [
     # ---- train: flags and config (model_args.* names are checked against the builder after
@@ -206,7 +204,7 @@ BAD_INPUTS = [
     BadInput("negative-time-budget", "train", ("--time-budget", "-5"),
              "time_budget_minutes must be >= 0", "got -5.0"),
     BadInput("time-budget-too-short", "train",
-             (*TINY_WITHOUT_EPOCHS, "--time-budget", "0.05"),
+             (*TINY_TRAIN_FLAGS_WITHOUT_EPOCHS, "--time-budget", "0.05"),
              "--time-budget 0.05 minutes is too short for one epoch", "give at least",
              expensive=True),
     BadInput("subset-larger-than-data", "train", ("--subset-per-class", "6000"),
