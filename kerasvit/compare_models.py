@@ -432,6 +432,10 @@ def plot(rows, histories, path):
     from matplotlib.ticker import MaxNLocator
 
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if by_epoch.has_data():
+        # Runs of one epoch would otherwise get an axis of fractions around 1.
+        low, high = by_epoch.get_xlim()
+        by_epoch.set_xlim(min(low, 0.5), max(high, 1.5))
     for axes in (by_epoch, by_time):
         axes.grid(alpha=0.3)
         if axes.has_data():
