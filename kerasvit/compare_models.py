@@ -431,7 +431,7 @@ def plot(rows, histories, path):
                 ylabel="validation accuracy")
     from matplotlib.ticker import MaxNLocator
 
-    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if by_epoch.has_data():
         # Runs of one epoch would otherwise get an axis of fractions around 1.
         low, high = by_epoch.get_xlim()
