@@ -431,11 +431,8 @@ def plot(rows, histories, path):
                 ylabel="validation accuracy")
     from matplotlib.ticker import MaxNLocator
 
+    # min_n_ticks=1: with runs of one epoch the locator would otherwise fall back to fractions.
     by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    if by_epoch.has_data():
-        # Runs of one epoch would otherwise get an axis of fractions around 1.
-        low, high = by_epoch.get_xlim()
-        by_epoch.set_xlim(min(low, 0.5), max(high, 1.5))
     for axes in (by_epoch, by_time):
         axes.grid(alpha=0.3)
         if axes.has_data():
