@@ -1,4 +1,4 @@
-"""The only backend-specific code in kerasvit: gradients.
+"""The only backend-specific code in kerasvit: gradients, and torch's device list.
 
 Keras 3 has no backend-neutral gradient API, so each backend gets one small function with
 the same signature, and `class_score_gradients` picks one by `keras.backend.backend()`.
@@ -71,3 +71,14 @@ GRADIENT_FUNCTIONS = {
     "jax": jax_gradients,
     "torch": torch_gradients,
 }
+
+
+def torch_devices():
+    """Keras' device names for the torch backend, which has no `keras.distribution` to list
+    them: where Keras puts its tensors (KERAS_TORCH_DEVICE, else CUDA when torch sees it)."""
+    import torch
+
+    kind = keras.ops.zeros(()).device.type
+    if kind == "cuda":
+        return [f"gpu:{index}" for index in range(torch.cuda.device_count())]
+    return [f"{kind}:0"]

@@ -284,6 +284,10 @@ def list_devices():
     """keras' device names ("cpu:0", "gpu:0", ...) for the current backend."""
     import keras
 
+    if keras.backend.backend() == "torch":
+        from kerasvit import backend_ops
+
+        return backend_ops.torch_devices()
     try:
         return [str(d) for d in keras.distribution.list_devices()]
     except Exception:  # Not every backend implements device listing in every version.

@@ -1,6 +1,9 @@
 """The keras side of training: optimiser and schedule, callbacks, fit and test evaluation.
 
-Import only after the backend is fixed (`kerasvit.cli.check_backend`).
+Import only after the backend is fixed (`kerasvit.cli.check_backend`). TensorFlow (the data
+pipeline, `kerasvit.data`) is imported only by the functions that stream data, so building
+and compiling a model needs only keras and its backend (e.g. a GPU machine with torch or JAX
+alone: bench/gpu_check.py).
 """
 
 import json
@@ -15,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerasvit import data, distribution, runs
+from kerasvit import distribution, runs
 
 # Norms, biases and embeddings are not decayed (standard for AdamW on ViTs and CNNs).
 NO_DECAY_NAMES = ["bias", "gamma", "beta", "class_token", "positions", "position_embedding",
@@ -386,6 +389,8 @@ def training_stream(images, labels, *, image_size, batch_size, steps, augmentati
     of the process, so a fresh process would start again at the first epoch's order."""
     import tensorflow as tf
 
+    from kerasvit import data
+
     if len(images) < batch_size:
         raise data.DataError(
             f"batch_size {batch_size} is larger than the {len(images)} training images; "
@@ -419,6 +424,8 @@ def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
     """Trains `model` per `config`; returns (history, monitor). With `run_dir`, logs into the
     run folder (history.csv, TensorBoard, per-epoch backups) and first restores the newest
     backup there (--resume), training only the epochs after it."""
+    from kerasvit import data
+
     image_size = model.input_shape[1:3]
     train_images, train_labels = splits["train"]
     steps = count_steps(len(train_images), config.batch_size, config.steps_per_epoch)
@@ -468,6 +475,8 @@ def confusion_images(splits):
 
 
 def evaluate_test(model, config, splits, callbacks=()):
+    from kerasvit import data
+
     image_size = model.input_shape[1:3]
     test_ds = data.make_dataset(
         *splits["test"], image_size=image_size, batch_size=config.batch_size, training=False,

@@ -16,7 +16,7 @@ from kerasvit import runs, training
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, capsys, flags,
                                                        mixed_precision, warns):
     monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(keras.distribution, "list_devices", lambda *a: ["cpu:0"])
+    monkeypatch.setattr(runs, "list_devices", lambda: ["cpu:0"])
     try:
         training.set_precision(mixed_precision)
         assert keras.mixed_precision.global_policy().name == (
@@ -28,7 +28,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, capsys, flag
 
 def test_no_warning_on_a_gpu(monkeypatch, capsys):
     monkeypatch.setattr(runs, "cpu_flags", lambda: {"avx2"})
-    monkeypatch.setattr(keras.distribution, "list_devices", lambda *a: ["gpu:0", "cpu:0"])
+    monkeypatch.setattr(runs, "list_devices", lambda: ["gpu:0", "cpu:0"])
     try:
         training.set_precision(True)
     finally:
@@ -38,3 +38,11 @@ def test_no_warning_on_a_gpu(monkeypatch, capsys):
 
 def test_env_records_whether_the_cpu_has_bf16_instructions():
     assert runs.collect_env(keras.backend.backend())["cpu_bf16_instructions"] in (True, False, None)
+
+
+def test_devices_name_where_keras_puts_tensors():
+    """On torch, Keras lists no devices; the list must still follow the tensors (bench/
+    gpu_check.py found "cpu:0" recorded for a run on a CUDA GPU before this)."""
+    tensor_device = str(keras.ops.convert_to_tensor([0.0]).device).lower()
+    on_gpu = "cuda" in tensor_device or "gpu" in tensor_device
+    assert runs.list_devices()[0].startswith("gpu:" if on_gpu else "cpu:")
