@@ -7,13 +7,16 @@ up would end at a high learning rate. Before training, a throw-away copy of the 
 the real data; the epochs that fit in what is left of the budget, after validation, the test
 evaluation and a safety margin, become the run's `epochs`. The plan is written to the run
 folder as budget.json and the chosen epochs to config.json, so `--resume` and a rerun with
-`--epochs N` repeat it exactly.
+`--epochs N` repeat it exactly. If the machine slows down mid-run, `BudgetWatch` says at the
+first epoch whose pace would end the run past its budget; the schedule is kept.
 
 Import only after the backend is fixed (`kerasvit.cli.check_backend`).
 """
 
+import sys
 import time
 
+import keras
 import numpy as np
 
 from kerasvit.config import ConfigError
@@ -107,3 +110,37 @@ def describe(plan):
             f"(~{plan['estimated_epoch_s']:.0f} s each, {plan['train_step_s']:.2f} s per step; "
             f"~{plan['estimated_total_s'] / 60:.1f} min in all, {SAFETY_FRACTION:.0%} of the "
             "budget planned)")
+
+
+def overrun_warning(plan, *, elapsed_s, epochs_done, epochs, last_epoch_s):
+    """One line when, at the last epoch's pace, the run would end past its budget; else None."""
+    projected_s = elapsed_s + (epochs - epochs_done) * last_epoch_s + plan["estimated_final_s"]
+    if projected_s <= plan["budget_s"]:
+        return None
+    return (f"warning: time budget: epoch {epochs_done} took {last_epoch_s:.0f} s (planned "
+            f"~{plan['estimated_epoch_s']:.0f} s); at this pace the run ends at "
+            f"~{projected_s / 60:.1f} min, past its {plan['budget_s'] / 60:g}-minute budget. The "
+            "machine is slower than when the plan was timed; the schedule is kept, since "
+            "cutting it short would end training at a high learning rate")
+
+
+class BudgetWatch(keras.callbacks.Callback):
+    """Prints `overrun_warning` once, at the first epoch end where it applies. Needs the
+    `epoch_time_s` that `training.TrainingMonitor` adds to the logs before it."""
+
+    def __init__(self, plan, process_start, epochs):
+        super().__init__()
+        self.plan = plan
+        self.process_start = process_start
+        self.epochs = epochs
+        self.warned = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.warned or not logs or "epoch_time_s" not in logs:
+            return
+        warning = overrun_warning(self.plan, elapsed_s=time.time() - self.process_start,
+                                  epochs_done=epoch + 1, epochs=self.epochs,
+                                  last_epoch_s=logs["epoch_time_s"])
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+            self.warned = True

@@ -238,7 +238,7 @@ def run(config, backend, args):
     if note := distribution.evaluation_note(splits, config.batch_size):
         print(note)
     try:
-        return train_and_save(model, config, splits, backend, run_dir, started, resumed_at)
+        return train_and_save(model, config, splits, backend, run_dir, started, resumed_at, plan)
     except KeyboardInterrupt as interrupt:
         cli.fail(PROG, f"interrupted by {cli.interrupt_signal(interrupt)}; "
                        f"{saved_epochs(run_dir, config)}. Resume with: "
@@ -297,10 +297,11 @@ def read_json_or_none(path):
         return None
 
 
-def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=None):
-    from kerasvit import training
+def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=None, plan=None):
+    from kerasvit import budget, training
 
-    history, monitor = training.fit(model, config, splits, backend, run_dir)
+    watch = [budget.BudgetWatch(plan, PROCESS_START, config.epochs)] if plan else []
+    history, monitor = training.fit(model, config, splits, backend, run_dir, extra_callbacks=watch)
     bad_epoch = training.first_nonfinite_epoch(history)
     if bad_epoch is not None:
         raise UserError(nonfinite_message(bad_epoch, run_dir, config))
@@ -370,6 +371,14 @@ def resume_command(run_dir, backend):
     return f"KERAS_BACKEND={backend} python -m kerasvit.train --resume {cli.shell_quote(run_dir)}"
 
 
+def budget_note(metrics):
+    if "time_budget_s" not in metrics:
+        return ""
+    process_s, budget_s = metrics["process_wall_time_s"], metrics["time_budget_s"]
+    verdict = f"over by {process_s - budget_s:.0f} s" if process_s > budget_s else "within it"
+    return f"  (whole process {process_s:.0f} s of a {budget_s:.0f} s budget: {verdict})"
+
+
 def print_summary(run_dir, metrics):
     best_val = metrics["best_val_accuracy"]
     speed = metrics["train_images_per_s"]
@@ -383,7 +392,7 @@ def print_summary(run_dir, metrics):
         f"  test accuracy TTA {metrics['test_accuracy_tta']:.4f}  (image + mirror averaged)"
         if "test_accuracy_tta" in metrics else None,
         f"  train speed       {speed:.0f} images/s" if speed else "  train speed       -",
-        f"  wall time         {metrics['wall_time_s']:.0f} s",
+        f"  wall time         {metrics['wall_time_s']:.0f} s{budget_note(metrics)}",
     ]
     print("\n".join(line for line in lines if line is not None))
 

@@ -46,12 +46,38 @@ def test_too_short_a_budget_names_a_budget_that_is_enough():
     assert plan(enough + 0.1)["epochs"] >= 1
 
 
+SLOW_PLAN = {"budget_s": 600.0, "estimated_epoch_s": 100.0, "estimated_final_s": 20.0}
+
+
+def test_a_run_slower_than_planned_is_told_when_it_will_end_past_its_budget():
+    from kerasvit import budget
+
+    on_pace = budget.overrun_warning(SLOW_PLAN, elapsed_s=230.0, epochs_done=2, epochs=5,
+                                     last_epoch_s=100.0)
+    assert on_pace is None  # 230 + 3 * 100 + 20 = 550 s of 600
+    late = budget.overrun_warning(SLOW_PLAN, elapsed_s=300.0, epochs_done=2, epochs=5,
+                                  last_epoch_s=150.0)
+    assert "epoch 2 took 150 s (planned ~100 s)" in late
+    assert "ends at ~12.8 min, past its 10-minute budget" in late  # 300 + 3 * 150 + 20 s
+
+
+def test_budget_watch_warns_once_with_the_epoch_time_from_the_logs(capsys):
+    import time
+
+    from kerasvit import budget
+
+    watch = budget.BudgetWatch(SLOW_PLAN, process_start=time.time() - 300.0, epochs=5)
+    watch.on_epoch_end(0, {"epoch_time_s": 100.0})  # 300 + 4 * 100 + 20 = 720 s: late
+    watch.on_epoch_end(1, {"epoch_time_s": 150.0})
+    assert capsys.readouterr().err.count("warning: time budget") == 1
+
+
 def test_budget_run_ends_in_time_with_the_schedule_finished(tmp_path):
     """The real CLI with a one-minute budget on a tiny CNN: the planned epochs are all
     trained, the learning rate ends at zero (not cut off), and the process ends in time."""
     budget_minutes = 1.0
-    run_train([*TINY_TRAIN_FLAGS_WITHOUT_EPOCHS, "--time-budget", str(budget_minutes), "--tta",
-               "--run-dir", "budget-run"], tmp_path)
+    result = run_train([*TINY_TRAIN_FLAGS_WITHOUT_EPOCHS, "--time-budget", str(budget_minutes),
+                        "--tta", "--run-dir", "budget-run"], tmp_path)
     run_dir = tmp_path / "budget-run"
     config = json.loads((run_dir / "config.json").read_text())
     planned = json.loads((run_dir / "budget.json").read_text())
@@ -64,6 +90,7 @@ def test_budget_run_ends_in_time_with_the_schedule_finished(tmp_path):
     assert last_lr < 0.01 * max(float(row["learning_rate"]) for row in rows)
     assert first_lr > last_lr
     assert metrics["process_wall_time_s"] <= 60 * budget_minutes
+    assert "of a 60 s budget: within it" in result.stdout
     assert 0.0 <= metrics["test_accuracy_tta"] <= 1.0
     assert "mirror" in metrics["tta_method"]
 
