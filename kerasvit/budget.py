@@ -125,7 +125,8 @@ def overrun_warning(plan, *, elapsed_s, epochs_done, epochs, last_epoch_s):
 
 
 class BudgetWatch(keras.callbacks.Callback):
-    """Prints `overrun_warning` once, at the first epoch end where it applies. Needs the
+    """Prints `overrun_warning` once, at the first epoch end where it applies, from the second
+    epoch on: the first also carries compilation, which the plan counted apart. Needs the
     `epoch_time_s` that `training.TrainingMonitor` adds to the logs before it."""
 
     def __init__(self, plan, process_start, epochs):
@@ -136,7 +137,7 @@ class BudgetWatch(keras.callbacks.Callback):
         self.warned = False
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.warned or not logs or "epoch_time_s" not in logs:
+        if self.warned or epoch == 0 or not logs or "epoch_time_s" not in logs:
             return
         warning = overrun_warning(self.plan, elapsed_s=time.time() - self.process_start,
                                   epochs_done=epoch + 1, epochs=self.epochs,
