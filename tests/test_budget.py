@@ -75,9 +75,11 @@ def test_budget_watch_warns_once_with_the_epoch_time_from_the_logs(capsys):
 
 
 def test_budget_run_ends_in_time_with_the_schedule_finished(tmp_path):
-    """The real CLI with a one-minute budget on a tiny CNN: the planned epochs are all
-    trained, the learning rate ends at zero (not cut off), and the process ends in time."""
-    budget_minutes = 1.0
+    """The real CLI with a 90-second budget on a tiny CNN: the planned epochs are all
+    trained, the learning rate ends at zero (not cut off), and the process ends in time.
+    (On JAX, start-up, data and the timing run took 34 s and compilation 6 s of it on a
+    2-core CPU: a one-minute budget left room for one epoch at most.)"""
+    budget_minutes = 1.5
     result = run_train([*TINY_TRAIN_FLAGS_WITHOUT_EPOCHS, "--time-budget", str(budget_minutes),
                         "--tta", "--run-dir", "budget-run"], tmp_path)
     run_dir = tmp_path / "budget-run"
@@ -92,7 +94,7 @@ def test_budget_run_ends_in_time_with_the_schedule_finished(tmp_path):
     assert last_lr < 0.01 * max(float(row["learning_rate"]) for row in rows)
     assert first_lr > last_lr
     assert metrics["process_wall_time_s"] <= 60 * budget_minutes
-    assert "of a 60 s budget: within it" in result.stdout
+    assert "of a 90 s budget: within it" in result.stdout
     assert 0.0 <= metrics["test_accuracy_tta"] <= 1.0
     assert "mirror" in metrics["tta_method"]
 
