@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.worker import error_line
+
 BACKENDS = ("torch", "jax")
 SCRATCH_MODELS = ("cnn", "vit")
 EXPLAINED_IMAGES = 8
@@ -43,10 +45,6 @@ def make_sample(path):
                         test_images=splits["test"][0][:2000], test_labels=splits["test"][1][:2000])
 
 
-def error_line(error):
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
-
-
 # ---- inside a worker (KERAS_BACKEND is set) ----
 
 def time_steps(model, images, labels, batch_size, epochs):
@@ -60,15 +58,10 @@ def time_steps(model, images, labels, batch_size, epochs):
 
 
 def eval_images_per_s(model, images, batch_size, repeats=10):
-    batch = images[:batch_size]
-    for _ in range(2):
-        model.predict_on_batch(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.asarray(model.predict_on_batch(batch))  # Copied to the host: the device is synced.
-        times.append(time.perf_counter() - start)
-    return batch_size / float(np.median(times))
+    from kerasvit import evaluate
+
+    seconds, _ = evaluate.median_call_seconds(model, images[:batch_size], repeats)
+    return batch_size / seconds
 
 
 def train_check(model, config, sample, backend, epochs):
