@@ -112,7 +112,7 @@ def scratch_model_checks(backend, sample, out, epochs, bf16_epochs):
             name = f"{model_name}-{precision}"
             try:
                 config = config_module.resolve(None, model_name, {}, [])
-                config.mixed_precision = precision == "bf16"
+                config.mixed_precision = "on" if precision == "bf16" else "off"
                 training.set_precision(config.mixed_precision)
                 keras.utils.set_random_seed(0)
                 model = build_model(model_name, **config.model_args)
@@ -174,7 +174,7 @@ def vit_b16_checks(backend, sample, out):
     for precision in ("fp32", "bf16"):
         try:
             config = config_module.resolve(None, "vit_b16", {"batch_size": VIT_B16_BATCH}, [])
-            config.mixed_precision = precision == "bf16"
+            config.mixed_precision = "on" if precision == "bf16" else "off"
             training.set_precision(config.mixed_precision)
             keras.utils.set_random_seed(0)
             model = build_vit_b16(preset=str(preset), finetune="full")

@@ -144,7 +144,7 @@ class KerasContender:
         self.mixed = contender["precision"] == "bf16"
         config = config_from_dict(spec["config"])
         config.jit_compile = "on" if contender["jit"] else "off"
-        config.mixed_precision = self.mixed
+        config.mixed_precision = "on" if self.mixed else "off"
         with self.policy():
             keras.utils.set_random_seed(0)
             self.model = build_model(spec, contender)
@@ -158,10 +158,10 @@ class KerasContender:
 
         class Scope:
             def __enter__(self):
-                training.set_precision(contender.mixed)
+                training.set_precision("on" if contender.mixed else "off")
 
             def __exit__(self, *exc):
-                training.set_precision(False)
+                training.set_precision("off")
 
         return Scope()
 

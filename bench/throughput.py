@@ -135,7 +135,7 @@ def resolve_config(args):
     if not data_dir and shared.is_dir():
         data_dir = str(shared)
     config.data_dir = data_dir
-    config.mixed_precision = False
+    config.mixed_precision = "off"
     values = config.to_dict()
     if args.model != "vit_b16":
         values["model_args"].update(args.model_args)

@@ -73,7 +73,7 @@ def train_mode(spec):
     from kerasvit import models, runs, training
 
     check_model_args(config, models.get_spec(config.model).builder)
-    training.set_precision(config.mixed_precision)
+    precision = training.set_precision(config.mixed_precision, backend)
     started = time.perf_counter()
     splits = load_splits(config, spec["test_images"])
     data_load_s = time.perf_counter() - started
@@ -94,7 +94,8 @@ def train_mode(spec):
     return {
         "env": runs.collect_env(backend),
         "jit_compile": training.resolve_jit_compile(config.jit_compile, backend),
-        "mixed_precision": config.mixed_precision,
+        "mixed_precision": precision["enabled"],
+        "mixed_precision_reason": precision["reason"],
         "import_s": import_s,
         "build_s": build_times[0],  # The cold build; later ones reuse warm caches.
         "import_build_s": import_s + build_times[0],

@@ -58,7 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=1,
                         help="train N times per backend with seeds seed..seed+N-1 (accuracy mean +- std)")
     parser.add_argument("--seed", type=int, help="first seed (default: the config's)")
-    parser.add_argument("--mixed-precision", action="store_true", default=None, help="bfloat16 compute")
+    parser.add_argument("--mixed-precision", nargs="?", const="on", choices=("auto", "on", "off"),
+                        help="bfloat16 compute: on, off, or auto (on where each backend runs it faster)")
     parser.add_argument("--jit-compile", choices=("on", "off", "auto"),
                         help="XLA / torch.compile; auto = on for JAX only (default: the config's)")
     parser.add_argument("--probe-images", type=int, default=64,

@@ -16,7 +16,12 @@ from kerasvit.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-AUGMENTATIONS = ("none", "pad_crop_flip", "random_resized_crop_flip")
+AUGMENTATIONS = ("none", "pad_crop_flip", "random_resized_crop_flip", "translate_alternating_flip")
+OPTIMIZERS = ("adamw", "nesterov_sgd")
+SCHEDULES = ("warmup_cosine", "triangular")
+PRECISION_CHOICES = ("auto", "on", "off")  # see kerasvit.training.resolve_precision
+TTA_METHODS = ("flip", "flip_translate")
+BOOLEAN_PRECISION = {"true": "on", "false": "off", "1": "on", "0": "off", "yes": "on", "no": "off"}
 JIT_CHOICES = ("auto", "on", "off")
 DISTRIBUTE_CHOICES = ("none", "data_parallel")  # see kerasvit.distribution
 
@@ -30,12 +35,27 @@ class TrainConfig:
     model: str = "cnn"
     epochs: int = 10
     batch_size: int = 256
+    # "adamw": AdamW, no decay on norms, biases, embeddings. "nesterov_sgd": airbench's
+    # Nesterov SGD with lookahead (kerasvit.optimizers); its learning_rate and weight_decay
+    # are in airbench's decoupled form, per 1024 examples.
+    optimizer: str = "adamw"
     learning_rate: float = 2e-3
     weight_decay: float = 0.05
-    # Linear warmup length, then cosine decay to zero over the remaining steps.
+    momentum: float = 0.9  # nesterov_sgd only
+    # nesterov_sgd: learning-rate multiplier for BatchNorm offsets (their decay is not scaled).
+    bias_lr_scale: float = 1.0
+    # nesterov_sgd: sync the weights with their slow copy every N steps (0: no lookahead).
+    lookahead_every: int = 0
+    # Epochs during which a patch-whitening layer's bias trains (0: it trains all along).
+    whitening_bias_epochs: float = 0.0
+    # "warmup_cosine": linear warmup, then cosine to zero. "triangular": linear from 0.2x
+    # to the peak during the warmup, then linear down to 0.07x (airbench94).
+    schedule: str = "warmup_cosine"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    mixed_precision: bool = False
+    # bfloat16 compute: "on", "off", or "auto" (on where the device runs it natively and
+    # the bench measured it faster; the run's env.json says what was chosen and why).
+    mixed_precision: str = "auto"
     # "auto": XLA on JAX (it needs it), eager graphs on TF/torch, which measured faster here.
     jit_compile: str = "auto"
     seed: int = 0
@@ -53,8 +73,10 @@ class TrainConfig:
     distribute: str = "none"
     # Minutes of whole-process wall time; > 0 sizes `epochs` to fit (see kerasvit.budget).
     time_budget_minutes: float = 0.0
-    # Also report test accuracy averaged over each image and its mirror image.
+    # Also report test accuracy averaged over views of each image: "flip" (the image and
+    # its mirror) or "flip_translate" (also 1-pixel shifts, airbench's TTA).
     test_time_augmentation: bool = False
+    tta_method: str = "flip"
     model_args: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
@@ -133,6 +155,8 @@ def set_value(config, key, value):
     if key.startswith("model_args."):
         config.model_args[key.split(".", 1)[1]] = value
         return
+    if key == "mixed_precision" and str(value).lower() in BOOLEAN_PRECISION:
+        value = BOOLEAN_PRECISION[str(value).lower()]  # configs from before "auto": true/false
     if key not in FIELD_TYPES:
         known = ", ".join(sorted(FIELD_TYPES))
         raise ConfigError(f"unknown config key {key!r}; known keys: {known}, model_args.<name>")
@@ -216,6 +240,18 @@ def validate(config):
         raise ConfigError(
             f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}"
         )
+    for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                          ("mixed_precision", PRECISION_CHOICES), ("tta_method", TTA_METHODS)):
+        if getattr(config, name) not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
+                              f"got {getattr(config, name)!r}")
+    if not 0 <= config.momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {config.momentum}")
+    for name in ("bias_lr_scale", "whitening_bias_epochs", "lookahead_every"):
+        value = getattr(config, name)
+        if not math.isfinite(value) or value < 0 or (name == "bias_lr_scale" and value == 0):
+            raise ConfigError(f"{name} must be a {'positive' if name == 'bias_lr_scale' else 'non-negative'} "
+                              f"number, got {value}")
     if config.jit_compile not in JIT_CHOICES:
         raise ConfigError(
             f"jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}"

@@ -167,6 +167,29 @@ AUGMENT_FUNCTIONS = {
 }
 
 
+def translate_alternating_flip(image, image_size, seed, mirror):
+    """airbench's augmentation: a random translation by up to 2 pixels (reflect padding),
+    and a flip decided by the caller (`mirror`: alternating epoch by epoch, see
+    kerasvit.training.training_stream) rather than at random."""
+    padded = tf.pad(image, [[2, 2], [2, 2], [0, 0]], mode="REFLECT")
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
+    image = tf.where(mirror, tf.image.flip_left_right(image), image)
+    return resize(image, image_size)
+
+
+# Augmentations that also take the epoch's mirror decision for the image.
+EPOCH_AUGMENT_FUNCTIONS = {"translate_alternating_flip": translate_alternating_flip}
+
+
+def with_random_mirror(transform):
+    def transform_with_mirror(image, image_size, seed):
+        own_seed, mirror_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        mirror = tf.random.stateless_uniform([], seed=mirror_seed) < 0.5
+        return transform(image, image_size, own_seed, mirror)
+
+    return transform_with_mirror
+
+
 def make_dataset(images, labels, *, image_size, batch_size, training,
                  augmentation="none", seed=0, batch_multiple=1):
     """tf.data pipeline of (float32 images in [0, 255], one-hot labels) batches.
@@ -184,7 +207,9 @@ def make_dataset(images, labels, *, image_size, batch_size, training,
         keep = len(images) - (len(images) % batch_size) % batch_multiple
         images, labels = images[:keep], labels[:keep]
     image_size = tuple(int(s) for s in image_size)
-    transform = AUGMENT_FUNCTIONS[augmentation if training else "none"]
+    transform = AUGMENT_FUNCTIONS.get(augmentation if training else "none")
+    if transform is None:  # an epoch-aware augmentation: here, one epoch of random mirrors
+        transform = with_random_mirror(EPOCH_AUGMENT_FUNCTIONS[augmentation])
 
     def prepare(example, image_seed):
         image, label = example

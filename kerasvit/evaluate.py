@@ -22,7 +22,11 @@ PROG = "kerasvit.evaluate"
 WARMUP_CALLS = 2  # The first calls trace/compile (TF graphs, XLA) and fill caches.
 TIMING_BUDGET_S = 30.0  # Timing stops early past this, after at least MIN_TIMED_CALLS calls.
 MIN_TIMED_CALLS = 3
-TTA_METHOD = "softmax averaged over each test image and its horizontal mirror (flip TTA)"
+TTA_METHODS = {
+    "flip": "softmax averaged over each test image and its horizontal mirror (flip TTA)",
+    "flip_translate": "softmax averaged over 6 views: the image and its mirror (weight 1/2), "
+                      "and both shifted by one pixel down-right and up-left (1/4 each)",
+}
 
 
 def parse_args(argv=None):
@@ -122,12 +126,31 @@ def flip_averaged_probabilities(model, images, batch_size, logits=None):
     return (reports.softmax(logits) + reports.softmax(mirrored)) / 2.0
 
 
-def tta_evaluation(model, images, labels, batch_size, logits=None):
+def shifted(images, offset):
+    """Images moved by one pixel down-right (offset 0) or up-left (offset 2), with the
+    edge reflected into the gap."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    height, width = images.shape[1:3]
+    return np.ascontiguousarray(padded[:, offset:offset + height, offset:offset + width])
+
+
+def tta_probabilities(model, images, batch_size, method="flip", logits=None):
+    """"flip": the image and its mirror. "flip_translate" (airbench's): half that, plus a
+    quarter each for the flip-averaged image shifted by one pixel either way."""
+    plain = flip_averaged_probabilities(model, images, batch_size, logits)
+    if method == "flip":
+        return plain
+    moved = [flip_averaged_probabilities(model, shifted(images, offset), batch_size)
+             for offset in (0, 2)]
+    return 0.5 * plain + 0.25 * moved[0] + 0.25 * moved[1]
+
+
+def tta_evaluation(model, images, labels, batch_size, logits=None, method="flip"):
     from kerasvit import reports
 
-    probabilities = flip_averaged_probabilities(model, images, batch_size, logits)
+    probabilities = tta_probabilities(model, images, batch_size, method, logits)
     metrics = reports.classification_metrics(labels, probabilities, CLASS_NAMES)
-    return {"method": TTA_METHOD,
+    return {"method": TTA_METHODS[method],
             **{key: metrics[key] for key in ("accuracy", "top5_accuracy", "f1_macro")}}
 
 

@@ -58,7 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--preset", help="vit_b16: keras-hub preset name or local preset folder")
     parser.add_argument("--finetune", choices=("full", "linear"), help="vit_b16: full fine-tune or linear probe")
-    parser.add_argument("--mixed-precision", action="store_true", default=None, help="bfloat16 compute")
+    parser.add_argument("--mixed-precision", nargs="?", const="on", choices=("auto", "on", "off"),
+                        help="bfloat16 compute: on, off, or auto (the default: on where this "
+                             "machine runs it natively and faster)")
     parser.add_argument("--time-budget", type=float, metavar="MINUTES",
                         help="choose the epochs so that the whole run (test included) ends "
                              "within MINUTES of wall time; replaces --epochs")
@@ -221,7 +223,8 @@ def run(config, backend, args):
 
     spec = models.get_spec(config.model)
     check_model_args(config, spec.builder)
-    training.set_precision(config.mixed_precision)
+    precision = training.set_precision(config.mixed_precision, backend)
+    print(f"mixed precision {'on' if precision['enabled'] else 'off'} ({precision['reason']})")
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -230,7 +233,7 @@ def run(config, backend, args):
     plan = None
     if config.time_budget_minutes and not args.resume:  # a resumed run keeps its epochs
         plan = plan_for_budget(config, splits, backend)
-    run_dir, resumed_at = open_run_dir(config, backend, args, distributed)
+    run_dir, resumed_at = open_run_dir(config, backend, args, distributed, precision)
     if plan:
         runs.write_json(run_dir / "budget.json", plan)
     print(f"run folder: {run_dir}  (model {config.model}, backend {backend}, "
@@ -266,7 +269,7 @@ def plan_for_budget(config, splits, backend):
     return plan
 
 
-def open_run_dir(config, backend, args, distributed):
+def open_run_dir(config, backend, args, distributed, precision):
     """Returns (run folder, epochs already done or None): a new folder with config.json and
     env.json, or the --resume folder made ready to continue: half-written files removed,
     history cut back to the epochs in the backup."""
@@ -276,7 +279,8 @@ def open_run_dir(config, backend, args, distributed):
         worker_dir = distribution.default_run_dir(config.model, backend, args.hosts, runs.RUNS_ROOT)
         run_dir = runs.new_run_dir(config.model, backend, args.run_dir or worker_dir)
         runs.write_json(run_dir / "config.json", config.to_dict())
-        runs.write_json(run_dir / "env.json", {**runs.collect_env(backend), "distribution": distributed})
+        runs.write_json(run_dir / "env.json", {**runs.collect_env(backend), "distribution": distributed,
+                                               "mixed_precision": precision})
         return run_dir, None
     run_dir = Path(args.resume)
     runs.remove_partial_files(run_dir)
@@ -324,7 +328,7 @@ def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=
         "backend": backend,
     }
     if config.test_time_augmentation:
-        metrics.update(flip_tta_metrics(model, splits["test"], config.batch_size))
+        metrics.update(tta_metrics(model, splits["test"], config.batch_size, config.tta_method))
     if config.time_budget_minutes:
         metrics["time_budget_s"] = 60.0 * config.time_budget_minutes
     # Written last, so it covers everything but writing the files.
@@ -336,15 +340,16 @@ def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=
     return run_dir
 
 
-def flip_tta_metrics(model, test_split, batch_size):
-    """Test metrics of softmax averaged over each image and its mirror image."""
+def tta_metrics(model, test_split, batch_size, method):
+    """Test metrics of softmax averaged over views of each image (evaluate.TTA_METHODS)."""
     from kerasvit import evaluate
 
-    tta = evaluate.tta_evaluation(model, *test_split, batch_size)
+    tta = evaluate.tta_evaluation(model, *test_split, batch_size, method=method)
     return {
         "test_accuracy_tta": tta["accuracy"],
         "test_top5_accuracy_tta": tta["top5_accuracy"],
         "test_f1_macro_tta": tta["f1_macro"],
+        "tta_views": method,
         "tta_method": tta["method"],
     }
 
@@ -389,7 +394,7 @@ def print_summary(run_dir, metrics):
         f"  best val accuracy {best_val:.4f}" if best_val is not None else "  best val accuracy -",
         f"  test accuracy     {metrics['test_accuracy']:.4f}  (top-5 {metrics['test_top5_accuracy']:.4f}, "
         f"macro F1 {metrics['test_f1_macro']:.4f}, loss {metrics['test_loss']:.4f})",
-        f"  test accuracy TTA {metrics['test_accuracy_tta']:.4f}  (image + mirror averaged)"
+        f"  test accuracy TTA {metrics['test_accuracy_tta']:.4f}  ({metrics['tta_views']} TTA)"
         if "test_accuracy_tta" in metrics else None,
         f"  train speed       {speed:.0f} images/s" if speed else "  train speed       -",
         f"  wall time         {metrics['wall_time_s']:.0f} s{budget_note(metrics)}",

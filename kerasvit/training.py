@@ -18,21 +18,47 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerasvit import distribution, runs
+from kerasvit import distribution, optimizers, runs
 
 # Norms, biases and embeddings are not decayed (standard for AdamW on ViTs and CNNs).
 NO_DECAY_NAMES = ["bias", "gamma", "beta", "class_token", "positions", "position_embedding",
                   "token_embedding"]
 
 
-def set_precision(mixed_precision):
+def set_precision(setting, backend=None):
+    """Sets the global dtype policy for `setting` ("auto", "on", "off"); returns
+    {"setting", "enabled", "reason"} for the run folder."""
     # bf16 rather than fp16: it needs no loss scaling, and CPUs with AMX/AVX-512 BF16 and
     # recent GPUs both run it fast.
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed_precision else "float32")
-    if mixed_precision and bf16_is_emulated():
+    if isinstance(setting, bool):
+        setting = "on" if setting else "off"
+    enabled, reason = resolve_precision(setting, backend or keras.backend.backend())
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if enabled else "float32")
+    if setting == "on" and bf16_is_emulated():
         print("warning: --mixed-precision on a CPU without bf16 instructions (no AVX-512 BF16 "
               "or AMX): bf16 is emulated here, about 10x slower than float32 on the cnn in "
               "bench/; leave --mixed-precision off on this machine", file=sys.stderr)
+    return {"setting": setting, "enabled": enabled, "reason": reason}
+
+
+# Where bench/throughput.py measured bf16 faster than float32 on a CPU with bf16
+# instructions (2026-12-01, AMD EPYC with AVX-512 BF16, cnn): TensorFlow and torch. XLA on
+# the CPU (JAX) gained nothing.
+BF16_FASTER_ON_CPU = ("tensorflow", "torch")
+
+
+def resolve_precision(setting, backend):
+    """(bf16 on?, why) for a precision setting on this machine."""
+    if setting in ("on", "off"):
+        return setting == "on", f"--mixed-precision {setting}"
+    devices = [d.lower() for d in runs.list_devices()]
+    if any("gpu" in d or "cuda" in d or "tpu" in d for d in devices):
+        return True, "auto: an accelerator runs bf16 natively"
+    if runs.cpu_has_bf16_instructions() is not True:
+        return False, "auto: this CPU has no bf16 instructions (bf16 would be emulated, ~10x slower)"
+    if backend not in BF16_FASTER_ON_CPU:
+        return False, f"auto: the CPU has bf16 instructions, but on {backend} the bench measured no gain"
+    return True, f"auto: the CPU has bf16 instructions and the bench measured bf16 faster on {backend}"
 
 
 def bf16_is_emulated():
@@ -50,25 +76,53 @@ def resolve_jit_compile(setting, backend):
     return setting == "on"
 
 
-def learning_rate_schedule(config, steps_per_epoch):
+def learning_rate_schedule(config, steps_per_epoch, peak=None):
+    peak = config.learning_rate if peak is None else peak
     total = max(config.epochs * steps_per_epoch, 1)
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+    if config.schedule == "triangular":
+        return optimizers.TriangularSchedule(peak, total_steps=total, warmup_steps=warmup)
     if warmup == 0:
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=total)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
         decay_steps=total - warmup,
-        warmup_target=config.learning_rate,
+        warmup_target=peak,
         warmup_steps=warmup,
     )
 
 
-def compile_model(model, config, steps_per_epoch, backend):
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=learning_rate_schedule(config, steps_per_epoch),
-        weight_decay=config.weight_decay,
+def make_optimizer(model, config, steps_per_epoch):
+    if config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=learning_rate_schedule(config, steps_per_epoch),
+            weight_decay=config.weight_decay,
+        )
+        optimizer.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+        return optimizer
+    from kerasvit.models.cnn_layers import PatchWhitening
+
+    step_size, decay = optimizers.airbench_hyperparameters(
+        config.learning_rate, config.weight_decay, config.momentum, config.batch_size)
+    frozen = {}
+    if config.whitening_bias_epochs:
+        bias_steps = math.ceil(config.whitening_bias_epochs * steps_per_epoch)
+        frozen = {layer.bias.path: bias_steps for layer in model.layers
+                  if isinstance(layer, PatchWhitening)}
+    return optimizers.LookaheadNesterovSGD(
+        learning_rate=learning_rate_schedule(config, steps_per_epoch, peak=step_size),
+        momentum=config.momentum,
+        weight_decay=decay,
+        scaled_variable_names=["beta"],  # BatchNorm offsets
+        scaled_learning_rate=config.bias_lr_scale,
+        frozen_after_steps=frozen,
+        lookahead_every=config.lookahead_every,
+        total_steps=max(config.epochs * steps_per_epoch, 1),
     )
-    optimizer.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
+
+
+def compile_model(model, config, steps_per_epoch, backend):
+    optimizer = make_optimizer(model, config, steps_per_epoch)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(
@@ -396,9 +450,16 @@ def training_stream(images, labels, *, image_size, batch_size, steps, augmentati
             f"batch_size {batch_size} is larger than the {len(images)} training images; "
             "lower --batch-size or use more data")
     per_epoch = steps * batch_size
-    transform = data.AUGMENT_FUNCTIONS[augmentation]
+    transform = {**data.AUGMENT_FUNCTIONS, **data.EPOCH_AUGMENT_FUNCTIONS}[augmentation]
     image_size = tuple(int(s) for s in image_size)
     images, labels = tf.constant(images), tf.constant(labels)
+
+    def mirror(index, epoch):
+        # airbench's alternating flip: each image has a fixed random parity and is mirrored
+        # in every other epoch, so that it is seen both ways in any two epochs.
+        parity = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), index]),
+                                             alg="philox") < 0.5
+        return tf.not_equal(parity, tf.equal(epoch % 2, 1))
 
     def epoch_elements(epoch):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
@@ -409,10 +470,15 @@ def training_stream(images, labels, *, image_size, batch_size, steps, augmentati
         image_seeds = tf.random.stateless_uniform(
             [per_epoch, 2], seed=augment_seed, minval=None, maxval=None, dtype=tf.int64,
             alg="philox")
-        return tf.data.Dataset.from_tensor_slices((order[:per_epoch], image_seeds))
+        epochs_column = tf.fill([per_epoch], epoch)
+        return tf.data.Dataset.from_tensor_slices((order[:per_epoch], image_seeds, epochs_column))
 
-    def prepare(index, image_seed):
-        image = transform(tf.cast(tf.gather(images, index), tf.float32), image_size, image_seed)
+    def prepare(index, image_seed, epoch):
+        image = tf.cast(tf.gather(images, index), tf.float32)
+        if augmentation in data.EPOCH_AUGMENT_FUNCTIONS:
+            image = transform(image, image_size, image_seed, mirror(index, epoch))
+        else:
+            image = transform(image, image_size, image_seed)
         return image, tf.one_hot(tf.gather(labels, index), data.NUM_CLASSES)
 
     dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_elements)
@@ -438,6 +504,8 @@ def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
         generators = (saved_torch_generator_states(backup_files(run_dir / "backup")[-1])
                       if first_epoch else {})
         callbacks += make_callbacks(run_dir, confusion_images(splits), generators)
+    if first_epoch == 0:  # a resumed run has its data-dependent weights in the backup
+        initialize_from_data(model, train_images, config.seed)
     train_ds = training_stream(
         train_images, train_labels, image_size=image_size, batch_size=config.batch_size,
         steps=steps, augmentation=config.augmentation, seed=config.seed,
@@ -461,6 +529,17 @@ def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
         verbose=1 if sys.stdout.isatty() else 2,
     )
     return history, monitor
+
+
+def initialize_from_data(model, train_images, seed):
+    """The data-dependent first step of a run: patch-whitening layers (the cnn) are set
+    from training images chosen by `seed`, and saved with the model from then on."""
+    from kerasvit.models.cnn_layers import adapt_whitening_layers
+
+    adapted = adapt_whitening_layers(model, train_images, seed)
+    if adapted:
+        print(f"whitening layer {', '.join(adapted)} set from the patch covariance of "
+              f"{min(5000, len(train_images))} training images")
 
 
 def empty_history():

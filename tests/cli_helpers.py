@@ -15,7 +15,7 @@ import pytest
 TINY_TRAIN_FLAGS = [
     "--model", "cnn", "--subset-per-class", "5", "--epochs", "3", "--batch-size", "25",
     "--set", "validation_size=50", "--set", "test_images=100",
-    "--set", "model_args.widths=[8, 16, 32]", "--set", "model_args.stem_width=8",
+    "--set", "model_args.widths=[8, 16, 32]",
 ]
 TINY_EPOCHS = 3
 # The same run with no --epochs (for --time-budget, which chooses them).

@@ -107,7 +107,7 @@ def test_flip_tta_averages_the_image_and_its_mirror(tmp_path, cifar_batch):
     from kerasvit import evaluate, models, reports
 
     keras.utils.set_random_seed(1)
-    model = models.build_model("cnn", stem_width=8, widths=[8, 16, 32])
+    model = models.build_model("cnn", widths=[8, 16, 32])
     images = cifar_batch[0][:8].astype(np.uint8)
     plain = reports.softmax(np.asarray(model.predict(images.astype("float32"), verbose=0)))
     mirrored = reports.softmax(np.asarray(model.predict(images[:, :, ::-1].astype("float32"),

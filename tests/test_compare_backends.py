@@ -148,7 +148,7 @@ def test_tiny_real_comparison(tmp_path, monkeypatch, capsys):
     out_dir = compare_backends.main([
         "--out", str(tmp_path), "--backends", "tensorflow,jax,torch", *TINY,
         # A narrow CNN: this checks the plumbing, not the model.
-        "--set", "model_args.stem_width=8", "--set", "model_args.widths=[16,16,16]",
+        "--set", "model_args.widths=[16,16,16]",
     ])
     screen = capsys.readouterr().out
     for name in OUTPUT_FILES:

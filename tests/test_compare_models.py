@@ -16,7 +16,7 @@ from kerasvit import compare_models, evaluate, train
 TINY_DATA = ["--subset-per-class", "10", "--epochs", "2", "--batch-size", "100",
              "--set", "validation_size=100", "--set", "model_args.image_shape=[16, 16, 3]"]
 TINY_RUNS = {
-    "cnn": ["--set", "model_args.stem_width=8", "--set", "model_args.widths=[8, 16, 32]"],
+    "cnn": ["--set", "model_args.widths=[8, 16, 32]"],
     "resnet18": ["--set", "model_args.input_conv_filters=8",
                  "--set", "model_args.stackwise_num_filters=[8, 16, 32, 64]",
                  "--set", "model_args.stackwise_num_blocks=[1, 1, 1, 1]"],

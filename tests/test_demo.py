@@ -56,7 +56,7 @@ def served_cnn(backend):
     from kerasvit.models.cnn import build_cnn
 
     keras.utils.set_random_seed(0)
-    model = build_cnn(stem_width=8, widths=(8, 16, 16))
+    model = build_cnn(widths=(8, 16, 16))
     return demo.ServedModel(model, "cnn", backend, "tiny cnn")
 
 

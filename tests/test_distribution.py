@@ -27,7 +27,7 @@ from kerasvit import data, distribution, train
 TINY = ["--model", "cnn", "--subset-per-class", "8", "--batch-size", "16", "--epochs", "4",
         "--set", "steps_per_epoch=1", "--set", "validation_size=80", "--set", "augmentation=none",
         "--set", "test_images=256",
-        "--set", "model_args.widths=[8, 16, 32]", "--set", "model_args.stem_width=8"]
+        "--set", "model_args.widths=[8, 16, 32]"]
 RUN_FILES = ("config.json", "env.json", "history.csv", "model.keras", "metrics.json")
 # Largest |difference| allowed between the 1-device and the distributed loss curves. The runs
 # differ only in the order float32 sums are reduced across devices (measured max over 4

@@ -29,7 +29,7 @@ def build_tiny(name):
     if name == "cnn":
         from kerasvit.models.cnn import build_cnn
 
-        return build_cnn(stem_width=8, widths=(8, 16, 16))
+        return build_cnn(widths=(8, 16, 16))
     if name == "vit":
         from kerasvit.models.vit import build_vit
 

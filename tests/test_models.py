@@ -11,7 +11,7 @@ from kerasvit.models.vit import attention_scores
 
 # Small but real versions of the scratch models (vit_b16 has its own tests with a tiny preset).
 TINY_ARGS = {
-    "cnn": {"stem_width": 16, "widths": [32, 64, 128]},
+    "cnn": {"widths": [32, 64, 128]},
     "vit": {"patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 64, "mlp_dim": 128,
             "drop_path_rate": 0.0},
 }

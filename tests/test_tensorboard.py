@@ -93,7 +93,7 @@ def test_prediction_on_one_local_device_matches_predict(backend):
     from kerasvit import models
 
     keras.utils.set_random_seed(0)
-    model = models.build_model("cnn", widths=[8, 16, 32], stem_width=8)
+    model = models.build_model("cnn", widths=[8, 16, 32])
     images = np.random.default_rng(0).uniform(0, 255, (20, 32, 32, 3)).astype("float32")
     expected = model.predict(images, batch_size=8, verbose=0)
     logits = tensorboard_images.predict_on_local_device(model, images, batch_size=8)

@@ -1,0 +1,236 @@
+"""The CNN recipe's pieces (issue 18): patch whitening, the identity init, the optimizer's
+per-variable learning rates, decay and freezing, lookahead, the schedule, alternating flips,
+the 6-view TTA, precision "auto"; and the recipe learning on held-out real images."""
+
+import keras
+import numpy as np
+import pytest
+
+from kerasvit import evaluate, optimizers, runs, training
+from kerasvit.config import load_config_file
+from kerasvit.models.cnn import build_cnn
+from kerasvit.models.cnn_layers import PartialIdentity, PatchWhitening, image_patches
+
+
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+# ------------------------------------------------------------------ patch whitening
+
+def test_whitening_layer_whitens_the_training_patches(cifar_batch):
+    images = (cifar_batch[0] - 120.0) / 64.0
+    layer = PatchWhitening(kernel_size=2, epsilon=5e-4)
+    layer.build(images.shape)
+    layer.adapt(images)
+    outputs = to_numpy(layer(images)).reshape(-1, 24).astype(np.float64)
+    first, second = outputs[:, :12], outputs[:, 12:]
+    np.testing.assert_allclose(second, -first, atol=1e-5)
+    covariance = first.T @ first / len(first)
+    patches = image_patches(images.astype(np.float64), 2)
+    eigenvalues = np.linalg.eigvalsh(patches.T @ patches / len(patches))[::-1]
+    # diag(eigenvalue / (eigenvalue + epsilon)): the identity, up to the epsilon.
+    np.testing.assert_allclose(np.diag(covariance), eigenvalues / (eigenvalues + 5e-4), atol=1e-3)
+    np.testing.assert_allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=1e-3)
+    assert np.diag(covariance).min() > 0.5  # close to the identity, not merely diagonal
+
+
+def test_whitening_kernel_is_fixed_and_its_bias_trains():
+    layer = PatchWhitening()
+    layer.build((None, 32, 32, 3))
+    assert [v.name for v in layer.trainable_weights] == ["bias"]
+    assert [v.name for v in layer.non_trainable_weights] == ["kernel"]
+    assert tuple(layer.kernel.shape) == (2, 2, 3, 24)
+
+
+def test_training_adapts_the_whitening_layer_from_seeded_images(cifar_batch):
+    images = cifar_batch[0]
+    kernels = []
+    for seed in (0, 0, 1):
+        model = build_cnn(widths=(8, 8, 8))
+        training.initialize_from_data(model, images, seed)
+        kernels.append(to_numpy(model.get_layer("whiten").kernel))
+    np.testing.assert_array_equal(kernels[0], kernels[1])
+    assert not np.allclose(kernels[0], kernels[2], atol=1e-6)  # another seed, other images
+
+
+def test_partial_identity_starts_the_first_channels_as_the_identity():
+    kernel = to_numpy(PartialIdentity(seed=1)((3, 3, 4, 6)))
+    for channel in range(4):
+        expected = np.zeros((3, 3, 4))
+        expected[1, 1, channel] = 1.0
+        np.testing.assert_array_equal(kernel[..., channel], expected)
+    bound = 1 / np.sqrt(3 * 3 * 4)
+    assert np.abs(kernel[..., 4:]).max() <= bound and np.abs(kernel[..., 4:]).std() > 0
+    assert PartialIdentity.from_config(PartialIdentity(seed=3).get_config()).seed == 3
+
+
+# ------------------------------------------------------------------ optimizer and schedule
+
+def test_airbench_hyperparameters_match_a_hand_computation():
+    step_size, decay = optimizers.airbench_hyperparameters(11.5, 0.0153, 0.85, 1024)
+    # airbench94: lr = 11.5 / (1024 * (1 + 1 / 0.15)) per summed example; x1024 for a mean.
+    assert step_size == pytest.approx(11.5 / (1024 * (1 + 1 / 0.15)) * 1024)
+    assert step_size == pytest.approx(1.5, abs=1e-3)
+    assert decay == pytest.approx(0.0153 / 11.5)
+    # Per-step shrinkage: weight_decay * batch / kilostep_scale, whatever the lr.
+    assert step_size * decay == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)))
+
+
+def reference_sgd(weights, gradients, lr, momentum, decay, scale, train_steps=None):
+    """torch.optim.SGD(nesterov=True) with weight_decay = decay / scale, lr = lr * scale."""
+    w, buf = weights.copy(), np.zeros_like(weights)
+    for step, g in enumerate(gradients):
+        if train_steps is not None and step >= train_steps:
+            continue
+        d = g + decay / scale * w
+        buf = momentum * buf + d
+        w = w - lr * scale * (d + momentum * buf)
+    return w
+
+
+def run_optimizer(optimizer, initial, gradients):
+    variables = [keras.Variable(value, name=name) for name, value in initial.items()]
+    for step_gradients in gradients:
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in step_gradients], variables)
+    return [to_numpy(v) for v in variables]
+
+
+def test_optimizer_per_variable_rates_decay_and_freezing_match_torch_sgd():
+    rng = np.random.default_rng(0)
+    initial = {"kernel": rng.normal(size=(3, 2)).astype("float32"),
+               "beta": rng.normal(size=(2,)).astype("float32"),
+               "bias": rng.normal(size=(2,)).astype("float32")}
+    steps = [[rng.normal(size=v.shape).astype("float32") for v in initial.values()]
+             for _ in range(6)]
+    optimizer = optimizers.LookaheadNesterovSGD(
+        learning_rate=0.1, momentum=0.85, weight_decay=0.01, scaled_variable_names=["beta"],
+        scaled_learning_rate=4.0, frozen_after_steps={"bias": 3})
+    kernel, beta, bias = run_optimizer(optimizer, initial, steps)
+    grads = list(zip(*steps))
+    np.testing.assert_allclose(kernel, reference_sgd(initial["kernel"], grads[0], 0.1, 0.85, 0.01, 1.0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(beta, reference_sgd(initial["beta"], grads[1], 0.1, 0.85, 0.01, 4.0),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, reference_sgd(initial["bias"], grads[2], 0.1, 0.85, 0.01, 1.0,
+                                                   train_steps=3), rtol=1e-5, atol=1e-6)
+
+
+def test_lookahead_pulls_the_weights_to_the_slow_copy_on_schedule():
+    rng = np.random.default_rng(1)
+    initial = rng.normal(size=(4,)).astype("float32")
+    gradients = [[rng.normal(size=4).astype("float32")] for _ in range(7)]
+    optimizer = optimizers.LookaheadNesterovSGD(learning_rate=0.1, momentum=0.5,
+                                                lookahead_every=3, total_steps=7)
+    (result,) = run_optimizer(optimizer, {"w": initial}, gradients)
+    # By hand: fast SGD steps; at steps 3 and 6 slow = a*slow + (1-a)*w, w = slow with
+    # a = 0.95^5 * (step/7)^3; at the last step (7, off the schedule) w takes the slow copy.
+    w, slow, buf = initial.astype(np.float64), initial.astype(np.float64), np.zeros(4)
+    for step, (g,) in enumerate(gradients, start=1):
+        buf = 0.5 * buf + g
+        w = w - 0.1 * (g + 0.5 * buf)
+        if step % 3 == 0:
+            a = 0.95**5 * (step / 7) ** 3
+            slow = a * slow + (1 - a) * w
+            w = slow.copy()
+        elif step == 7:
+            w = slow.copy()
+    np.testing.assert_allclose(result, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result, to_numpy(optimizer.slow_weights[0]), atol=1e-7)
+
+
+def test_triangular_schedule_rises_then_falls_linearly():
+    schedule = optimizers.TriangularSchedule(2.0, total_steps=100, warmup_steps=23)
+    values = [float(to_numpy(schedule(step))) for step in (0, 23, 100, 11.5, 61.5)]
+    assert values[:3] == pytest.approx([0.4, 2.0, 0.14])
+    assert values[3] == pytest.approx(2.0 * (0.2 + 0.8 * 0.5))
+    assert values[4] == pytest.approx(2.0 * (1 - 0.93 * 0.5))
+
+
+def test_optimizer_and_schedule_survive_get_config():
+    schedule = optimizers.TriangularSchedule(1.5, total_steps=430, warmup_steps=98)
+    optimizer = optimizers.LookaheadNesterovSGD(
+        learning_rate=schedule, momentum=0.85, weight_decay=0.001, scaled_variable_names=["beta"],
+        scaled_learning_rate=64.0, frozen_after_steps={"whiten/bias": 129}, lookahead_every=5,
+        total_steps=430)
+    clone = optimizers.LookaheadNesterovSGD.from_config(optimizer.get_config())
+    assert clone.get_config() == optimizer.get_config()
+    assert clone.frozen_after_steps == {"whiten/bias": 129} and clone.lookahead_every == 5
+
+
+# ------------------------------------------------------------------ data and TTA
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    # Image i: channel 0 rises from left to right (its orientation), channel 1 holds i.
+    count = 64
+    ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[None, None, :] * 8, (count, 32, 32))
+    ids = np.broadcast_to(np.arange(count, dtype=np.float32)[:, None, None], (count, 32, 32))
+    images = np.stack([ramp, ids, np.zeros_like(ramp)], axis=-1).astype(np.uint8)
+    stream = training.training_stream(
+        images, np.zeros(count, np.int64), image_size=(32, 32), batch_size=count, steps=1,
+        augmentation="translate_alternating_flip", seed=3, epochs=3)
+    mirrored = []
+    for batch, _ in stream:
+        batch = batch.numpy()
+        order = batch[:, 0, 0, 1].astype(int)
+        flipped = batch[:, 16, 0, 0] > batch[:, 16, 31, 0]  # bright on the left
+        mirrored.append(flipped[np.argsort(order)])
+    assert np.all(mirrored[0] != mirrored[1]) and np.all(mirrored[0] == mirrored[2])
+    assert 0.25 < mirrored[0].mean() < 0.75  # each image's parity is random
+
+
+def test_shifted_moves_images_by_one_pixel_with_reflected_edges():
+    images = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
+    down_right, up_left = evaluate.shifted(images, 0), evaluate.shifted(images, 2)
+    np.testing.assert_array_equal(down_right[:, 1:, 1:], images[:, :-1, :-1])
+    np.testing.assert_array_equal(up_left[:, :-1, :-1], images[:, 1:, 1:])
+    np.testing.assert_array_equal(down_right[:, 0, 1:], images[:, 1, :-1])  # reflected row
+
+
+def test_flip_translate_tta_weights_its_six_views(cifar_batch):
+    model = build_cnn(widths=(8, 8, 8))
+    images, labels = cifar_batch[0][:16].astype(np.uint8), cifar_batch[1][:16]
+    flip = evaluate.tta_probabilities(model, images, 8, "flip")
+    both = evaluate.tta_probabilities(model, images, 8, "flip_translate")
+    moved = [evaluate.flip_averaged_probabilities(model, evaluate.shifted(images, o), 8)
+             for o in (0, 2)]
+    np.testing.assert_allclose(both, 0.5 * flip + 0.25 * moved[0] + 0.25 * moved[1], atol=1e-6)
+    np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-6)
+    result = evaluate.tta_evaluation(model, images, labels, 8, method="flip_translate")
+    assert "6 views" in result["method"]
+
+
+# ------------------------------------------------------------------ precision
+
+@pytest.mark.parametrize("flags, devices, backend, enabled", [
+    ({"avx512_bf16"}, ["cpu:0"], "tensorflow", True),
+    ({"avx512_bf16"}, ["cpu:0"], "torch", True),
+    ({"avx512_bf16"}, ["cpu:0"], "jax", False),
+    ({"avx2"}, ["cpu:0"], "torch", False),
+    ({"avx2"}, ["gpu:0", "cpu:0"], "jax", True),
+])
+def test_auto_precision_follows_the_machine(monkeypatch, flags, devices, backend, enabled):
+    monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(runs, "list_devices", lambda: devices)
+    chosen, reason = training.resolve_precision("auto", backend)
+    assert chosen is enabled and reason.startswith("auto: ")
+    assert training.resolve_precision("off", backend) == (False, "--mixed-precision off")
+
+
+# ------------------------------------------------------------------ the recipe learns
+
+def test_recipe_learns_on_held_out_real_images(backend):
+    """configs/cnn.toml's recipe, scaled to 2,000 training images (batch 100, 6 epochs, a
+    narrow network), reaches well above chance on 1,000 images it never trained on."""
+    from kerasvit import data
+
+    splits = data.load_splits(validation_size=1000, subset_per_class=200)
+    config = load_config_file("configs/cnn.toml")
+    config.epochs, config.batch_size, config.mixed_precision = 6, 100, "off"
+    config.model_args = {"widths": [16, 32, 64]}
+    keras.utils.set_random_seed(0)
+    model = build_cnn(**config.model_args)
+    history, _ = training.fit(model, config, splits, backend)
+    val_accuracy = history.history["val_accuracy"]
+    assert val_accuracy[-1] > 0.4, val_accuracy  # chance is 0.1
+    assert val_accuracy[-1] > val_accuracy[0]
