@@ -5,6 +5,8 @@ Same layers, widths, initial-value-independent shapes and parameter counts as
 `kerasvit.models.cnn.build_cnn` and `kerasvit.models.vit.build_vit` (checked in
 tests/test_bench.py and by bench/throughput.py at every run). Inputs are float images in
 [0, 255], NCHW (any memory format), normalised inside the model as the Keras models do.
+Also the native counterparts of kerasvit.training.make_optimizer (AdamW for `adamw`, Nesterov
+SGD with airbench's parameter groups for `nesterov_sgd`) and of its schedules.
 
 Nothing here imports keras or TensorFlow.
 """
@@ -20,7 +22,9 @@ from torch import nn
 CIFAR_MEAN = (125.31, 122.95, 113.87)
 CIFAR_STD = (62.99, 62.09, 66.70)
 
-CNN_DEFAULTS = dict(stem_width=32, widths=(64, 128, 256), dropout_rate=0.0, num_classes=10)
+# kerasvit.models.cnn.build_cnn's defaults.
+CNN_DEFAULTS = dict(image_shape=(32, 32, 3), num_classes=10, whitening_kernel_size=2,
+                    widths=(64, 256, 256), batch_norm_momentum=0.6, logit_scale=1 / 9)
 VIT_DEFAULTS = dict(image_shape=(32, 32, 3), patch_size=4, num_layers=6, num_heads=4, hidden_dim=192,
                     mlp_dim=384, dropout_rate=0.0, attention_dropout=0.0, drop_path_rate=0.1,
                     layer_norm_epsilon=1e-6, num_classes=10)
@@ -47,44 +51,75 @@ class Normalize(nn.Module):
         return (x - self.mean) * self.inv_std
 
 
-class ConvBNGelu(nn.Module):
-    """kerasvit.models.cnn.conv_bn_gelu: conv 3x3 (same, no bias) [-> max-pool 2] -> BN -> GELU."""
+class BatchNorm(nn.BatchNorm2d):
+    """keras.layers.BatchNormalization(scale=False, center=True): a learned offset (`bias`,
+    Keras' `beta`) and no learned scale, so no `weight` parameter at all (airbench freezes
+    a weight of ones instead, which would count as a non-trainable weight Keras lacks)."""
 
-    def __init__(self, in_channels, filters, pool=False):
+    def __init__(self, channels, eps, momentum):
+        super().__init__(channels, eps=eps, momentum=momentum, affine=False)
+        self.bias = nn.Parameter(torch.zeros(channels))  # F.batch_norm(weight=None, bias=...)
+
+
+def partial_identity_conv(in_channels, filters):
+    """kerasvit.models.cnn_layers.PartialIdentity: conv 3x3 (same, no bias), torch's default
+    uniform init with the first min(in, out) output channels set to the identity."""
+    conv = nn.Conv2d(in_channels, filters, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:min(in_channels, filters)])
+    return conv
+
+
+class ConvBlock(nn.Module):
+    """kerasvit.models.cnn.conv_block: conv -> max-pool 2 -> BN -> GELU -> conv -> BN -> GELU."""
+
+    def __init__(self, in_channels, filters, batch_norm_momentum):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, filters, 3, padding=1, bias=False)
-        self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
-        # Keras momentum 0.9 (weight of the old value) == torch momentum 0.1.
-        self.bn = nn.BatchNorm2d(filters, eps=1e-5, momentum=0.1)
+        # Keras momentum m (weight of the old value) == torch momentum 1 - m; eps as Keras'.
+        momentum = 1.0 - batch_norm_momentum
+        self.conv_a = partial_identity_conv(in_channels, filters)
+        self.pool = nn.MaxPool2d(2)
+        self.bn_a = BatchNorm(filters, eps=1e-12, momentum=momentum)
+        self.conv_b = partial_identity_conv(filters, filters)
+        self.bn_b = BatchNorm(filters, eps=1e-12, momentum=momentum)
         self.act = nn.GELU()  # exact (erf) GELU, as keras.activations.gelu's default
 
     def forward(self, x):
-        return self.act(self.bn(self.pool(self.conv(x))))
+        x = self.act(self.bn_a(self.pool(self.conv_a(x))))
+        return self.act(self.bn_b(self.conv_b(x)))
 
 
 class NativeCNN(nn.Module):
-    """kerasvit's `cnn`: stem, then per width a pooled and an unpooled conv-BN-GELU, global
-    max-pool, dropout, linear head."""
+    """kerasvit's `cnn` (airbench94's network): normalise -> 2x2 patch whitening (fixed
+    kernel, trained bias) -> GELU -> per width a ConvBlock -> global max-pool -> linear head
+    (no bias) x logit_scale.
 
-    def __init__(self, stem_width=32, widths=(64, 128, 256), dropout_rate=0.0, num_classes=10,
-                 image_shape=None):
+    The whitening kernel keeps torch's default random init (kerasvit's stays random until
+    kerasvit.training.fit adapts it to the training images; the benchmark never does)."""
+
+    def __init__(self, image_shape=(32, 32, 3), num_classes=10, whitening_kernel_size=2,
+                 widths=(64, 256, 256), batch_norm_momentum=0.6, logit_scale=1 / 9):
         super().__init__()
+        channels = image_shape[2]
+        whitening_filters = 2 * channels * whitening_kernel_size**2
         self.normalize = Normalize()
-        layers = [ConvBNGelu(3, stem_width)]
-        channels = stem_width
+        self.whiten = nn.Conv2d(channels, whitening_filters, whitening_kernel_size)
+        self.whiten.weight.requires_grad_(False)  # Keras: a non-trainable kernel
+        self.act = nn.GELU()
+        blocks, channels = [], whitening_filters
         for width in widths:
-            layers += [ConvBNGelu(channels, width, pool=True), ConvBNGelu(width, width)]
+            blocks.append(ConvBlock(channels, width, batch_norm_momentum))
             channels = width
-        self.body = nn.Sequential(*layers)
-        self.dropout = dropout_or_identity(dropout_rate)
-        self.head = nn.Linear(channels, num_classes)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels, num_classes, bias=False)
+        self.logit_scale = logit_scale
 
     def forward(self, images):
-        x = self.body(self.normalize(images))
-        features = self.dropout(torch.amax(x, dim=(2, 3)))
-        # The Keras head is float32 even under mixed precision.
+        x = self.blocks(self.act(self.whiten(self.normalize(images))))
+        features = torch.amax(x, dim=(2, 3))
+        # The Keras head and rescaling are float32 even under mixed precision.
         with torch.autocast(features.device.type, enabled=False):
-            return self.head(features.float())
+            return self.head(features.float()) * self.logit_scale
 
 
 def drop_path(x, rate, training):
@@ -274,7 +309,7 @@ def make_adamw(module, learning_rate, weight_decay):
         return torch.optim.AdamW(groups, foreach=True, **kwargs), "foreach"
 
 
-def warmup_cosine(optimizer, warmup_steps, total_steps):
+def warmup_cosine_factor(warmup_steps, total_steps):
     """Linear warmup then cosine decay to 0, as kerasvit.training.learning_rate_schedule."""
     def factor(step):
         if step < warmup_steps:
@@ -282,4 +317,108 @@ def warmup_cosine(optimizer, warmup_steps, total_steps):
         progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def triangular_factor(warmup_steps, total_steps, start_factor=0.2, end_factor=0.07):
+    """kerasvit.optimizers.TriangularSchedule / peak: linear from `start_factor` to 1 over
+    the warmup, then linear down to `end_factor` at `total_steps` (airbench94)."""
+    warmup = max(warmup_steps, 1)
+
+    def factor(step):
+        if step < warmup:
+            return start_factor + (1 - start_factor) * min(step / warmup, 1.0)
+        falling = min(max((step - warmup) / max(total_steps - warmup, 1), 0.0), 1.0)
+        return 1 + (end_factor - 1) * falling
+
+    return factor
+
+
+def warmup_cosine(optimizer, warmup_steps, total_steps):
+    """Linear warmup then cosine decay to 0, as kerasvit.training.learning_rate_schedule."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             warmup_cosine_factor(warmup_steps, total_steps))
+
+
+def airbench_hyperparameters(learning_rate, weight_decay, momentum, batch_size):
+    """kerasvit.optimizers.airbench_hyperparameters (copied: that module imports keras;
+    tests/test_bench.py checks they agree): airbench's per-1024-example lr and decoupled
+    weight decay -> (step size eta, L2 factor c) for a batch-mean loss."""
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    return learning_rate * batch_size / kilostep_scale, weight_decay / learning_rate
+
+
+def nesterov_sgd_param_groups(module, step_size, decay, bias_lr_scale):
+    """airbench94's groups, as kerasvit.training.make_optimizer sets up LookaheadNesterovSGD:
+    BatchNorm offsets at `bias_lr_scale` x the step size with their decay divided by it (the
+    same per-step shrinkage), everything else at the step size with decay `c`. The
+    whitening bias (NativeCNN.whiten) gets a group of its own so that the schedule can stop
+    it (`whitening_bias_epochs`); it has the plain step size and decay."""
+    bn_biases = {id(m.bias) for m in module.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    whiten = getattr(module, "whiten", None)
+    whitening_bias = getattr(whiten, "bias", None)
+    norm, whitening, other = [], [], []
+    for param in module.parameters():
+        if not param.requires_grad:
+            continue
+        if id(param) in bn_biases:
+            norm.append(param)
+        elif param is whitening_bias:
+            whitening.append(param)
+        else:
+            other.append(param)
+    groups = [{"params": other, "lr": step_size, "weight_decay": decay},
+              {"params": norm, "lr": step_size * bias_lr_scale,
+               "weight_decay": decay / bias_lr_scale}]
+    if whitening:
+        groups.append({"params": whitening, "lr": step_size, "weight_decay": decay,
+                       "whitening_bias": True})
+    return groups
+
+
+def make_nesterov_sgd(module, config):
+    """torch.optim.SGD(nesterov=True) with airbench's groups (fused kernel where available,
+    else foreach). No lookahead (kerasvit's LookaheadNesterovSGD has it: one weighted
+    average every `lookahead_every` steps). Returns (optimizer, implementation name)."""
+    step_size, decay = airbench_hyperparameters(config["learning_rate"], config["weight_decay"],
+                                                config["momentum"], config["batch_size"])
+    groups = nesterov_sgd_param_groups(module, step_size, decay, config["bias_lr_scale"])
+    kwargs = dict(lr=step_size, momentum=config["momentum"], nesterov=True)
+    try:
+        return torch.optim.SGD(groups, fused=True, **kwargs), "fused"
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.SGD(groups, foreach=True, **kwargs), "foreach"
+
+
+def make_optimizer(module, config, steps_per_epoch):
+    """The native counterpart of kerasvit.training.make_optimizer for `config` (a
+    TrainConfig as a dict): "adamw" -> AdamW with kerasvit's decay exclusions, "nesterov_sgd"
+    -> Nesterov SGD with airbench's groups; the config's schedule ("warmup_cosine" or
+    "triangular") as a LambdaLR stepped once per training step. Returns (optimizer,
+    scheduler, description)."""
+    if config["optimizer"] == "adamw":
+        optimizer, impl = make_adamw(module, config["learning_rate"], config["weight_decay"])
+        description = f"torch.optim.AdamW ({impl})"
+    elif config["optimizer"] == "nesterov_sgd":
+        optimizer, impl = make_nesterov_sgd(module, config)
+        description = f"torch.optim.SGD nesterov, airbench groups, no lookahead ({impl})"
+    else:
+        raise ValueError(f"no native optimizer for {config['optimizer']!r}")
+    total = max(int(config["epochs"] * steps_per_epoch), 1)
+    if config["schedule"] == "triangular":
+        warmup = min(int(config["warmup_epochs"] * steps_per_epoch), total - 1)
+        factor = triangular_factor(warmup, total)
+    else:
+        factor = warmup_cosine_factor(int(config["warmup_epochs"] * steps_per_epoch), total)
+    bias_steps = (math.ceil(config["whitening_bias_epochs"] * steps_per_epoch)
+                  if config.get("whitening_bias_epochs") else None)
+
+    def group_factor(group):
+        if bias_steps is None or not group.get("whitening_bias"):
+            return factor
+        return lambda step: factor(step) if step < bias_steps else 0.0  # frozen, as Keras
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [group_factor(group) for group in optimizer.param_groups])
+    return optimizer, scheduler, f"{description}, {config['schedule']} schedule"

@@ -2,9 +2,11 @@
 write it (imported only inside a worker; no keras, no TensorFlow).
 
 Per step: numpy batch -> torch (NHWC viewed as NCHW; contiguous NCHW or channels_last),
-forward under optional bf16 autocast, label-smoothed cross-entropy, AdamW (kerasvit's
-decay exclusions, fused kernel), warmup-cosine LR, training accuracy, `loss.item()` (the
-sync). Evaluation: eval mode, inference_mode, forward, logits to numpy.
+forward under optional bf16 autocast, label-smoothed cross-entropy, the config's optimizer
+(`adamw`: AdamW with kerasvit's decay exclusions; `nesterov_sgd`: torch.optim.SGD nesterov
+with airbench's per-parameter groups, no lookahead; fused kernels) and schedule (warmup-cosine
+or triangular), training accuracy, `loss.item()` (the sync). Evaluation: eval mode,
+inference_mode, forward, logits to numpy.
 """
 
 import time
@@ -13,6 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from bench import native_models
+
+# bench/keras_side.py compiles the Keras contenders with steps_per_epoch=1000: the same here.
+STEPS_PER_EPOCH = 1000
 
 
 def pick_device(setting):
@@ -46,11 +51,10 @@ class NativeContender:
         if contender.get("channels_last"):
             module = module.to(memory_format=torch.channels_last)
         self.module = module
-        self.optimizer, self.optimizer_impl = native_models.make_adamw(
-            module, config["learning_rate"], config["weight_decay"])
-        warmup = int(config["warmup_epochs"] * 1000)
-        self.scheduler = native_models.warmup_cosine(self.optimizer, warmup,
-                                                     1000 * config["epochs"])
+        # The config's optimizer and schedule, sized as the Keras contenders' compile_model
+        # (1000 steps per epoch).
+        self.optimizer, self.scheduler, self.optimizer_name = native_models.make_optimizer(
+            module, config, steps_per_epoch=STEPS_PER_EPOCH)
         self.forward = torch.compile(module) if contender.get("compile") else module
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
 
@@ -58,7 +62,7 @@ class NativeContender:
         trainable, frozen = native_models.param_counts(self.module)
         info = {"params": {"trainable": trainable, "non_trainable": frozen,
                            "total": trainable + frozen},
-                "optimizer": f"torch.optim.AdamW ({self.optimizer_impl})",
+                "optimizer": self.optimizer_name,
                 "device": str(self.device)}
         if self.contender.get("framework") == "transformers":
             info["attn_implementation"] = getattr(self.module.model.config,

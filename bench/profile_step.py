@@ -52,7 +52,8 @@ def native_step(args, config, images, labels):
     from bench import native_models
 
     module = native_models.build_native(args.model, **config.model_args)
-    optimizer, _ = native_models.make_adamw(module, config.learning_rate, config.weight_decay)
+    optimizer, scheduler, _ = native_models.make_optimizer(
+        module, config.to_dict(), steps_per_epoch=100)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(labels).long()
 
@@ -62,6 +63,7 @@ def native_step(args, config, images, labels):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
         return loss.item()
 
     return step
@@ -90,6 +92,7 @@ def main():
     from kerasvit.config import config_path_for_model, load_config_file
 
     config = load_config_file(config_path_for_model(args.model))
+    config.batch_size = args.batch_size  # sizes nesterov_sgd's step (both contenders)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.batch_size, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 10, args.batch_size)

@@ -69,7 +69,8 @@ def parse_args(argv=None):
     parser.add_argument("--settle", type=int, default=1, help="steps at the start of every chunk "
                         "that are not counted (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds (default 3)")
-    parser.add_argument("--batch-size", type=int, help="batch (default: the config's, 256; vit_b16 8)")
+    parser.add_argument("--batch-size", type=int,
+                        help="batch (default: the config's, cnn 1024, vit 256; vit_b16 8)")
     parser.add_argument("--contenders", help="comma-separated name patterns (fnmatch), or 'all'; "
                         "default: the default set (see --list)")
     parser.add_argument("--skip", help="comma-separated name patterns to leave out")
@@ -503,9 +504,7 @@ class Bench:
                 "keras_data": a.keras_data,
                 "augmentation": self.config["augmentation"],
                 "model_args": self.config["model_args"] if a.model != "vit_b16" else self.arch,
-                "optimizer": {"name": "AdamW", "learning_rate": self.config["learning_rate"],
-                              "weight_decay": self.config["weight_decay"],
-                              "schedule": "linear warmup + cosine"},
+                "optimizer": optimizer_settings(self.config),
                 "loss": {"name": "categorical cross-entropy from logits",
                          "label_smoothing": self.config["label_smoothing"]},
                 "device": a.device,
@@ -555,10 +554,26 @@ METHOD = (
     "on_train_batch_end calls after float(loss) (device synced; batch fetch included). "
     "Keras evaluation: model.predict_on_batch (as kerasvit.evaluate). Native: "
     "a plain PyTorch loop on the same batches (from_numpy, forward, label-smoothed "
-    "cross-entropy, backward, AdamW, LR schedule, loss.item()); evaluation: eval mode + "
+    "cross-entropy, backward, the config's optimizer (AdamW, or Nesterov SGD without "
+    "lookahead), LR schedule, loss.item()); evaluation: eval mode + "
     "inference_mode forward, logits to numpy. images_per_s = batch / median step time; "
     "p10/p90 and quartiles are over per-step images/s."
 )
+
+
+def optimizer_settings(config):
+    """The config's optimizer as both sides run it (kerasvit.training.make_optimizer;
+    bench.native_models.make_optimizer)."""
+    out = {"name": config["optimizer"], "learning_rate": config["learning_rate"],
+           "weight_decay": config["weight_decay"], "schedule": config["schedule"],
+           "warmup_epochs": config["warmup_epochs"]}
+    if config["optimizer"] == "nesterov_sgd":
+        out.update(momentum=config["momentum"], bias_lr_scale=config["bias_lr_scale"],
+                   lookahead_every=config["lookahead_every"],
+                   whitening_bias_epochs=config["whitening_bias_epochs"],
+                   native="torch.optim.SGD(nesterov=True), airbench's parameter groups, "
+                          "no lookahead")
+    return out
 
 
 def best_of(contenders, metric):

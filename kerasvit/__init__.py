@@ -22,8 +22,11 @@ VALID_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 def register_layers():
-    """Registers kerasvit's custom layers with keras (importing their module does it)."""
+    """Registers kerasvit's custom layers, initializers, optimizer and schedule with keras
+    (importing their modules does it), so that any `.keras` file of ours loads."""
+    import kerasvit.models.cnn_layers  # noqa: F401
     import kerasvit.models.vit_layers  # noqa: F401
+    import kerasvit.optimizers  # noqa: F401
 
 
 class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):

@@ -24,6 +24,9 @@ TTA_METHODS = ("flip", "flip_translate")
 BOOLEAN_PRECISION = {"true": "on", "false": "off", "1": "on", "0": "off", "yes": "on", "no": "off"}
 JIT_CHOICES = ("auto", "on", "off")
 DISTRIBUTE_CHOICES = ("none", "data_parallel")  # see kerasvit.distribution
+CHOICES = {"augmentation": AUGMENTATIONS, "jit_compile": JIT_CHOICES,
+           "distribute": DISTRIBUTE_CHOICES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+           "mixed_precision": PRECISION_CHOICES, "tta_method": TTA_METHODS}
 
 
 class ConfigError(UserError, ValueError):
@@ -236,30 +239,18 @@ def validate(config):
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
     if config.label_smoothing > 1:
         raise ConfigError(f"label_smoothing must be at most 1, got {config.label_smoothing}")
-    if config.augmentation not in AUGMENTATIONS:
-        raise ConfigError(
-            f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {config.augmentation!r}"
-        )
-    for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                          ("mixed_precision", PRECISION_CHOICES), ("tta_method", TTA_METHODS)):
+    for name, choices in CHOICES.items():
         if getattr(config, name) not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
                               f"got {getattr(config, name)!r}")
     if not 0 <= config.momentum < 1:
         raise ConfigError(f"momentum must be in [0, 1), got {config.momentum}")
-    for name in ("bias_lr_scale", "whitening_bias_epochs", "lookahead_every"):
+    if not config.bias_lr_scale > 0:
+        raise ConfigError(f"bias_lr_scale must be positive, got {config.bias_lr_scale}")
+    for name in ("whitening_bias_epochs", "lookahead_every"):
         value = getattr(config, name)
-        if not math.isfinite(value) or value < 0 or (name == "bias_lr_scale" and value == 0):
-            raise ConfigError(f"{name} must be a {'positive' if name == 'bias_lr_scale' else 'non-negative'} "
-                              f"number, got {value}")
-    if config.jit_compile not in JIT_CHOICES:
-        raise ConfigError(
-            f"jit_compile must be one of {', '.join(JIT_CHOICES)}, got {config.jit_compile!r}"
-        )
-    if config.distribute not in DISTRIBUTE_CHOICES:
-        raise ConfigError(
-            f"distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {config.distribute!r}"
-        )
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")
     return config
 
 

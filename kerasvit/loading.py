@@ -136,7 +136,9 @@ def load_model(path, unsafe_load=False):
     model_path, _, archive_config = check_model_file(path, unsafe_load)
     import keras
 
-    import kerasvit.models.vit_layers  # noqa: F401  (registers the custom layers)
+    import kerasvit
+
+    kerasvit.register_layers()
 
     if "keras_hub" in json.dumps(archive_config):
         import keras_hub  # noqa: F401  (registers keras-hub's classes)

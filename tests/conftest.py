@@ -2,6 +2,7 @@
 per backend), on the CPU, with the offline CIFAR-10 copy when it is beside the repo."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,16 @@ if "TFDS_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
 
 def pytest_report_header(config):
     return f"KERAS_BACKEND={os.environ['KERAS_BACKEND']} TFDS_DATA_DIR={os.environ.get('TFDS_DATA_DIR')}"
+
+
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Code under test that sets the global dtype policy (kerasvit.train.main run in this
+    process, whose --mixed-precision auto turns bf16 on where the CPU has it) must not
+    leave it set for the next test."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")

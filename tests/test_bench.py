@@ -42,6 +42,91 @@ def test_native_twin_has_the_keras_parameter_counts_and_output_shape(name):
     assert tuple(logits.shape) == (2, 10) and logits.dtype == torch.float32
 
 
+def keras_cnn_weights_into_native(keras_model, native):
+    """Copies build_cnn's weights into NativeCNN (kernels HWIO -> OIHW, Dense (in, out) ->
+    Linear (out, in)), layer by layer by name."""
+    import keras
+
+    def tensor(layer_name, attribute, permute=None):
+        variable = getattr(keras_model.get_layer(layer_name), attribute)
+        value = torch.from_numpy(np.array(keras.ops.convert_to_numpy(variable)))
+        return value.permute(*permute) if permute else value
+
+    with torch.no_grad():
+        native.whiten.weight.copy_(tensor("whiten", "kernel", (3, 2, 0, 1)))
+        native.whiten.bias.copy_(tensor("whiten", "bias"))
+        for index, block in enumerate(native.blocks, start=1):
+            for part in ("a", "b"):
+                name = f"block{index}_{part}"
+                getattr(block, f"conv_{part}").weight.copy_(
+                    tensor(f"{name}_conv", "kernel", (3, 2, 0, 1)))
+                bn = getattr(block, f"bn_{part}")
+                bn.bias.copy_(tensor(f"{name}_bn", "beta"))
+                bn.running_mean.copy_(tensor(f"{name}_bn", "moving_mean"))
+                bn.running_var.copy_(tensor(f"{name}_bn", "moving_variance"))
+        native.head.weight.copy_(tensor("head", "kernel", (1, 0)))
+
+
+def test_native_cnn_computes_the_keras_cnn():
+    """Same weights -> same logits (inference) and the same identity-started convs."""
+    from kerasvit import models
+
+    args = dict(widths=(8, 16, 16))
+    keras_model = models.build_model("cnn", **args)
+    rng = np.random.default_rng(0)
+    weights = []
+    for variable in keras_model.weights:
+        value = rng.normal(size=variable.shape).astype("float32") * 0.5
+        weights.append(np.abs(value) + 0.5 if "moving_variance" in variable.path else value)
+    keras_model.set_weights(weights)
+    native = native_models.build_native("cnn", **args).eval()
+    for block in native.blocks:  # PartialIdentity: a centre tap of 1 on the first channels
+        weight = block.conv_a.weight
+        count = min(weight.shape[:2])
+        assert torch.equal(weight[:count, :, 1, 1], torch.eye(count, weight.shape[1]))
+    keras_cnn_weights_into_native(keras_model, native)
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    with torch.no_grad():
+        logits = native(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(logits, keras_model.predict_on_batch(images), rtol=1e-4, atol=1e-4)
+
+
+def test_native_nesterov_sgd_follows_the_cnn_config():
+    from kerasvit import optimizers
+    from kerasvit.config import config_path_for_model, load_config_file
+
+    config = load_config_file(config_path_for_model("cnn")).to_dict()
+    assert config["optimizer"] == "nesterov_sgd"
+    eta, decay = optimizers.airbench_hyperparameters(
+        config["learning_rate"], config["weight_decay"], config["momentum"], config["batch_size"])
+    assert native_models.airbench_hyperparameters(
+        config["learning_rate"], config["weight_decay"], config["momentum"],
+        config["batch_size"]) == (eta, decay)
+    native = native_models.build_native("cnn", widths=(8, 8))
+    optimizer, scheduler, name = native_models.make_optimizer(native, config, steps_per_epoch=10)
+    assert isinstance(optimizer, torch.optim.SGD) and "nesterov" in name
+    other, norm, whitening = optimizer.param_groups
+    assert all(g["nesterov"] and g["momentum"] == config["momentum"] for g in (other, norm))
+    scale = config["bias_lr_scale"]
+    assert (other["lr"], other["weight_decay"]) == pytest.approx((0.2 * eta, decay))
+    assert (norm["lr"], norm["weight_decay"]) == pytest.approx((0.2 * eta * scale, decay / scale))
+    bn_biases = [m.bias for m in native.modules() if isinstance(m, native_models.BatchNorm)]
+    assert {id(p) for p in norm["params"]} == {id(p) for p in bn_biases}
+    assert whitening["params"] == [native.whiten.bias] and native.whiten.bias.requires_grad
+    assert not native.whiten.weight.requires_grad
+    trainable = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert trainable == sum(1 for p in native.parameters() if p.requires_grad)
+    # The whitening bias stops after whitening_bias_epochs (3 x 10 steps), as in Keras.
+    for _ in range(30):
+        optimizer.step()
+        scheduler.step()
+    assert whitening["lr"] == 0.0 and other["lr"] > 0.0
+    vit, _, vit_name = native_models.make_optimizer(
+        native_models.build_native("vit", num_layers=1),
+        load_config_file(config_path_for_model("vit")).to_dict(), steps_per_epoch=10)
+    assert isinstance(vit, torch.optim.AdamW) and "AdamW" in vit_name
+
+
 def test_native_vit_explicit_attention_equals_fused():
     torch.manual_seed(0)
     fused = native_models.build_native("vit", num_layers=2).eval()
@@ -56,9 +141,21 @@ def test_previews_keep_the_parameter_counts(backend):
     from bench import keras_side
     from kerasvit import models
 
-    cnn_args = dict(stem_width=8, widths=(8, 16))
-    assert (keras_counts(keras_side.build_cnn_channels_first(**cnn_args))
-            == keras_counts(models.build_model("cnn", **cnn_args)))
+    cnn_args = dict(widths=(8, 16))
+    channels_first = keras_side.build_cnn_channels_first(**cnn_args)
+    cnn = models.build_model("cnn", **cnn_args)
+    assert keras_counts(channels_first) == keras_counts(cnn)
+    if backend in ("torch", "jax"):  # TF's CPU convolutions have no NCHW kernels
+        # Same weights in the same order: the same function of the NHWC images.
+        rng = np.random.default_rng(0)
+        weights = [rng.normal(size=w.shape).astype("float32") * 0.5 for w in cnn.weights]
+        weights = [np.abs(w) + 0.5 if "moving_variance" in v.path else w
+                   for w, v in zip(weights, cnn.weights)]
+        cnn.set_weights(weights)
+        channels_first.set_weights(weights)
+        images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        np.testing.assert_allclose(channels_first.predict_on_batch(images),
+                                   cnn.predict_on_batch(images), rtol=1e-4, atol=1e-4)
     vit_args = dict(num_layers=2, hidden_dim=32, mlp_dim=64, num_heads=2)
     fused = keras_side.build_vit_fused_attention(**vit_args)
     assert keras_counts(fused) == keras_counts(models.build_model("vit", **vit_args))
@@ -98,7 +195,7 @@ def test_throughput_writes_the_json_schema(tmp_path, backend):
         "--json", str(out), "--md", str(md), "--steps", "2", "--warmup", "1", "--rounds", "1",
         "--batch-size", "8", "--synthetic", "--synthetic-images", "64",
         "--pipeline-batches", "2", "--pause", "0",
-        "--model-args", '{"stem_width": 4, "widths": [8, 8]}',
+        "--model-args", '{"widths": [8, 8]}',
         "--contenders", f"keras-{backend}-fp32,native-fp32",
     ]
     env = {**os.environ, "KERAS_BACKEND": backend}

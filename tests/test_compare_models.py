@@ -14,9 +14,11 @@ from kerasvit import compare_models, evaluate, train
 # (the pipeline resizes) and batch 100 keep that to seconds; at 32x32 and batch 25 it took
 # ~80 s per run on torch here.
 TINY_DATA = ["--subset-per-class", "10", "--epochs", "2", "--batch-size", "100",
-             "--set", "validation_size=100", "--set", "model_args.image_shape=[16, 16, 3]"]
+             "--set", "validation_size=100", "--set", "model_args.image_shape=[16, 16, 3]",
+             "--mixed-precision", "off"]
 TINY_RUNS = {
-    "cnn": ["--set", "model_args.widths=[8, 16, 32]"],
+    # resnet18's augmentation, so that these two are the comparable majority.
+    "cnn": ["--set", "model_args.widths=[8, 16, 32]", "--set", "augmentation=pad_crop_flip"],
     "resnet18": ["--set", "model_args.input_conv_filters=8",
                  "--set", "model_args.stackwise_num_filters=[8, 16, 32, 64]",
                  "--set", "model_args.stackwise_num_blocks=[1, 1, 1, 1]"],

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from kerasvit.models.cnn_layers import PatchWhitening
 from kerasvit.models.vit_layers import (
     ClassTokenAndPositions,
     ClassTokenSelect,
@@ -13,6 +14,7 @@ from kerasvit.models.vit_layers import (
 )
 
 LAYER_CASES = [
+    (PatchWhitening, {"kernel_size": 3, "epsilon": 1e-3}, (2, 8, 8, 3)),
     (PatchEmbedding, {"patch_size": 4, "hidden_dim": 8}, (2, 16, 16, 3)),
     (ClassTokenAndPositions, {"initializer_stddev": 0.5}, (2, 5, 8)),
     (ClassTokenSelect, {}, (2, 5, 8)),

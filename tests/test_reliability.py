@@ -190,7 +190,7 @@ BAD_INPUTS = [
     BadInput("wrong-type-flag", "train", ("--epochs", "two"), "invalid int value: 'two'",
              "see --help"),
     BadInput("wrong-type-bool", "train", ("--set", "mixed_precision=maybe"),
-             "mixed_precision must be true or false", "got 'maybe'"),
+             "mixed_precision must be one of auto, on, off", "got 'maybe'"),
     BadInput("nan-learning-rate", "train", ("--set", "learning_rate=nan"),
              "learning_rate must be a finite number", "got nan"),
     BadInput("zero-epochs", "train", ("--epochs", "0"), "epochs must be positive", "got 0"),
@@ -245,9 +245,10 @@ BAD_INPUTS = [
     BadInput("read-only-output", "train", (*TINY, "--run-dir", "{readonly}/run"),
              "is read-only or not writable", "choose a writable --run-dir", files=("readonly",)),
     # ---- train: failures midway (the run folder is written, by design)
+    # A warmup from zero keeps the first epoch finite; the second one blows up.
     BadInput("nan-loss", "train",
              (*TINY, "--run-dir", "{tmp}/nan-run", "--batch-size", "50", "--learning-rate", "1e38",
-              "--set", "warmup_epochs=1"),
+              "--set", "warmup_epochs=1", "--set", "schedule=warmup_cosine"),
              "the loss became NaN or infinite; the last good state (after epoch 1) is kept",
              "Start a new run with a lower --learning-rate", writes="nan", expensive=True),
     BadInput("full-output-location", "train", (*TINY, "--run-dir", "{full}/run"),

@@ -96,6 +96,10 @@ def adapt_whitening_layers(model, images, seed, num_images=5000):
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(images), size=min(num_images, len(images)), replace=False))
     sample = np.asarray(images[chosen], np.float32)
+    size = tuple(model.input_shape[1:3])
+    if sample.shape[1:3] != size:  # as the training stream resizes them
+        sample = keras.ops.convert_to_numpy(
+            keras.ops.image.resize(sample, size, interpolation="bilinear"))
     for layer in layers:
         inputs_of_layer = keras.Model(model.inputs, layer.input)
         layer.adapt(keras.ops.convert_to_numpy(inputs_of_layer.predict(sample, verbose=0,
