@@ -43,7 +43,10 @@ def parse_args(argv=None):
                         help="timed batches for throughput; 3N single images for latency (default 10)")
     parser.add_argument("--data-dir", help="TFDS data folder (default: the run's, else $TFDS_DATA_DIR)")
     parser.add_argument("--tta", action="store_true",
-                        help="also report accuracy with flip test-time augmentation (separately)")
+                        help="also report accuracy with test-time augmentation (separately)")
+    parser.add_argument("--tta-method", choices=tuple(TTA_METHODS),
+                        help="flip (image + mirror) or flip_translate (6 views); default: the "
+                             "run's tta_method, else flip")
     cli.add_unsafe_load_flag(parser)
     return parser.parse_args(argv)
 
@@ -239,7 +242,9 @@ def evaluate(args, backend):
     evaluation.update(reports.classification_metrics(labels, probabilities, CLASS_NAMES))
     evaluation["loss"] = reports.cross_entropy(labels, logits)
     if args.tta:
-        evaluation["tta"] = tta_evaluation(model, images, labels, args.batch_size, logits)
+        method = args.tta_method or config.get("tta_method", "flip")
+        evaluation["tta"] = tta_evaluation(model, images, labels, args.batch_size, logits,
+                                           method=method)
     evaluation.update(measure_speed(model, images, args.batch_size, args.timing_repeats))
 
     history = reports.read_history(run_dir / "history.csv") if run_dir else None
@@ -282,7 +287,7 @@ def print_summary(out_dir, evaluation):
         "",
         f"  test accuracy   {evaluation['accuracy']:.4f}  (top-5 {evaluation['top5_accuracy']:.4f}, "
         f"macro F1 {evaluation['f1_macro']:.4f}, loss {evaluation['loss']:.4f})",
-        *([f"  with flip TTA   {evaluation['tta']['accuracy']:.4f}  (top-5 "
+        *([f"  with TTA        {evaluation['tta']['accuracy']:.4f}  (top-5 "
            f"{evaluation['tta']['top5_accuracy']:.4f}, macro F1 {evaluation['tta']['f1_macro']:.4f})"]
           if "tta" in evaluation else []),
         f"  throughput      {evaluation['images_per_s']:.0f} images/s "
