@@ -223,12 +223,14 @@ def run(config, backend, args):
 
     spec = models.get_spec(config.model)
     check_model_args(config, spec.builder)
-    precision = training.set_precision(config.mixed_precision, backend)
-    print(f"mixed precision {'on' if precision['enabled'] else 'off'} ({precision['reason']})")
     import keras
 
     keras.utils.set_random_seed(config.seed)
     distributed = distribution.setup(config.distribute, config.batch_size, args.hosts)
+    # After the distribution setup: "auto" lists the devices, which on JAX must come after
+    # jax.distributed.initialize.
+    precision = training.set_precision(config.mixed_precision, backend)
+    print(f"mixed precision {'on' if precision['enabled'] else 'off'} ({precision['reason']})")
     model = models.build_model(config.model, **config.model_args)
     plan = None
     if config.time_budget_minutes and not args.resume:  # a resumed run keeps its epochs
@@ -327,7 +329,10 @@ def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=
         "wall_time_s": time.time() - started,
         "backend": backend,
     }
-    if config.test_time_augmentation:
+    if config.test_time_augmentation and distribution.spans_processes():
+        print("note: test-time augmentation is left out of multi-process runs (their "
+              "predictions span processes); run kerasvit.evaluate --tta on the saved model")
+    elif config.test_time_augmentation:
         metrics.update(tta_metrics(model, splits["test"], config.batch_size, config.tta_method))
     if config.time_budget_minutes:
         metrics["time_budget_s"] = 60.0 * config.time_budget_minutes

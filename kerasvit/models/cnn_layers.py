@@ -102,8 +102,11 @@ def adapt_whitening_layers(model, images, seed, num_images=5000):
             keras.ops.image.resize(sample, size, interpolation="bilinear"))
     for layer in layers:
         inputs_of_layer = keras.Model(model.inputs, layer.input)
-        layer.adapt(keras.ops.convert_to_numpy(inputs_of_layer.predict(sample, verbose=0,
-                                                                       batch_size=500)))
+        # Called directly rather than through predict(), which a multi-process distribution
+        # refuses numpy input for; every process computes the same (seeded) kernel.
+        seen = [keras.ops.convert_to_numpy(inputs_of_layer(sample[start:start + 500]))
+                for start in range(0, len(sample), 500)]
+        layer.adapt(np.concatenate(seen))
     return [layer.name for layer in layers]
 
 
