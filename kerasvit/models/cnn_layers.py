@@ -101,7 +101,7 @@ def adapt_whitening_layers(model, images, seed, num_images=5000):
         sample = keras.ops.convert_to_numpy(
             keras.ops.image.resize(sample, size, interpolation="bilinear"))
     for layer in layers:
-        inputs_of_layer = keras.Model(model.inputs, layer.input)
+        inputs_of_layer = keras.Model(model.input, layer.input)
         # Called directly rather than through predict(), which a multi-process distribution
         # refuses numpy input for; every process computes the same (seeded) kernel.
         seen = [keras.ops.convert_to_numpy(inputs_of_layer(sample[start:start + 500]))
