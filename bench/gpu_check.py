@@ -127,7 +127,7 @@ def scratch_model_checks(backend, sample, out, epochs, bf16_epochs):
                 traceback.print_exc()
                 results[name] = {"error": error_line(error)}
             finally:
-                training.set_precision(False)
+                training.set_precision("off")
     return results
 
 
@@ -185,7 +185,7 @@ def vit_b16_checks(backend, sample, out):
             traceback.print_exc()
             results[f"vit_b16-{precision}"] = {"error": error_line(error)}
         finally:
-            training.set_precision(False)
+            training.set_precision("off")
     return results
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from kerasvit import cli, compare_report, runs
-from kerasvit.config import ConfigError, resolve
+from kerasvit.config import PRECISION_CHOICES, ConfigError, resolve
 
 PROG = "kerasvit.compare_backends"
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=1,
                         help="train N times per backend with seeds seed..seed+N-1 (accuracy mean +- std)")
     parser.add_argument("--seed", type=int, help="first seed (default: the config's)")
-    parser.add_argument("--mixed-precision", nargs="?", const="on", choices=("auto", "on", "off"),
+    parser.add_argument("--mixed-precision", nargs="?", const="on", choices=PRECISION_CHOICES,
                         help="bfloat16 compute: on, off, or auto (on where each backend runs it faster)")
     parser.add_argument("--jit-compile", choices=("on", "off", "auto"),
                         help="XLA / torch.compile; auto = on for JAX only (default: the config's)")

@@ -71,6 +71,10 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         self.momentums = self.add_optimizer_variables(variables, "momentum")
         self.slow_weights = (self.add_optimizer_variables(variables, "slow")
                              if self.lookahead_every else [])
+        for slow, variable in zip(self.slow_weights, variables):
+            # The slow copy starts as the weights before the first step (a copy: on JAX a
+            # buffer shared with the weights would be donated twice).
+            slow.assign(ops.copy(variable))
         self.learning_rate_scales = [
             self.scaled_learning_rate if v.name in self.scaled_variable_names else 1.0
             for v in variables]
@@ -84,10 +88,6 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         learning_rate = ops.cast(learning_rate, dtype) * scale
         if self.train_steps[index] is not None:
             learning_rate = learning_rate * ops.cast(ops.less(step, self.train_steps[index]), dtype)
-        if self.lookahead_every:  # the slow copy starts as the weights before the first step
-            slow = self.slow_weights[index]
-            first = ops.cast(ops.equal(step, 0), dtype)
-            self.assign(slow, first * variable + (1 - first) * slow)
         gradient = ops.cast(gradient, dtype)
         direction = gradient + (self.coupled_weight_decay / scale) * variable
         momentum = self.momentums[index]
@@ -101,9 +101,8 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         dtype = variable.dtype
         done = ops.cast(step + 1, "float32")
         total = float(self.total_steps)
-        is_sync = ops.logical_or(ops.equal((step + 1) % self.lookahead_every, 0),
-                                 ops.equal(step + 1, self.total_steps))
         on_schedule = ops.equal((step + 1) % self.lookahead_every, 0)
+        is_sync = ops.logical_or(on_schedule, ops.equal(step + 1, self.total_steps))
         # At the last step off the schedule, the weights just take the slow copy (decay 1).
         scheduled = ops.cast(on_schedule, "float32")
         decay = ops.cast(scheduled * lookahead_decay(done, total) + (1 - scheduled), dtype)

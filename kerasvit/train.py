@@ -21,7 +21,8 @@ from pathlib import Path  # noqa: E402
 
 from kerasvit import cli, distribution, runs  # noqa: E402
 from kerasvit.errors import UserError  # noqa: E402
-from kerasvit.config import ConfigError, check_model_args, config_from_dict, resolve, validate
+from kerasvit.config import (PRECISION_CHOICES, ConfigError, check_model_args, config_from_dict,
+                             resolve, validate)
 
 PROG = "kerasvit.train"
 
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int)
     parser.add_argument("--preset", help="vit_b16: keras-hub preset name or local preset folder")
     parser.add_argument("--finetune", choices=("full", "linear"), help="vit_b16: full fine-tune or linear probe")
-    parser.add_argument("--mixed-precision", nargs="?", const="on", choices=("auto", "on", "off"),
+    parser.add_argument("--mixed-precision", nargs="?", const="on", choices=PRECISION_CHOICES,
                         help="bfloat16 compute: on, off, or auto (the default: on where this "
                              "machine runs it natively and faster)")
     parser.add_argument("--time-budget", type=float, metavar="MINUTES",

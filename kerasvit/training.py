@@ -30,8 +30,6 @@ def set_precision(setting, backend=None):
     {"setting", "enabled", "reason"} for the run folder."""
     # bf16 rather than fp16: it needs no loss scaling, and CPUs with AMX/AVX-512 BF16 and
     # recent GPUs both run it fast.
-    if isinstance(setting, bool):
-        setting = "on" if setting else "off"
     enabled, reason = resolve_precision(setting, backend or keras.backend.backend())
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if enabled else "float32")
     if setting == "on" and bf16_is_emulated():
@@ -51,8 +49,7 @@ def resolve_precision(setting, backend):
     """(bf16 on?, why) for a precision setting on this machine."""
     if setting in ("on", "off"):
         return setting == "on", f"--mixed-precision {setting}"
-    devices = [d.lower() for d in runs.list_devices()]
-    if any("gpu" in d or "cuda" in d or "tpu" in d for d in devices):
+    if on_accelerator():
         return True, "auto: an accelerator runs bf16 natively"
     if runs.cpu_has_bf16_instructions() is not True:
         return False, "auto: this CPU has no bf16 instructions (bf16 would be emulated, ~10x slower)"
@@ -61,11 +58,15 @@ def resolve_precision(setting, backend):
     return True, f"auto: the CPU has bf16 instructions and the bench measured bf16 faster on {backend}"
 
 
+def on_accelerator():
+    """True when this backend sees a GPU or TPU."""
+    devices = [d.lower() for d in runs.list_devices()]
+    return any("gpu" in d or "cuda" in d or "tpu" in d for d in devices)
+
+
 def bf16_is_emulated():
     """True when training runs on a CPU that lacks bf16 instructions."""
-    devices = [d.lower() for d in runs.list_devices()]
-    on_cpu = not any("gpu" in d or "cuda" in d or "tpu" in d for d in devices)
-    return on_cpu and runs.cpu_has_bf16_instructions() is False
+    return not on_accelerator() and runs.cpu_has_bf16_instructions() is False
 
 
 def resolve_jit_compile(setting, backend):
@@ -536,10 +537,10 @@ def initialize_from_data(model, train_images, seed):
     from training images chosen by `seed`, and saved with the model from then on."""
     from kerasvit.models.cnn_layers import adapt_whitening_layers
 
-    adapted = adapt_whitening_layers(model, train_images, seed)
+    adapted, num_images = adapt_whitening_layers(model, train_images, seed)
     if adapted:
         print(f"whitening layer {', '.join(adapted)} set from the patch covariance of "
-              f"{min(5000, len(train_images))} training images")
+              f"{num_images} training images")
 
 
 def empty_history():

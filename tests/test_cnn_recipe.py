@@ -52,7 +52,7 @@ def test_whitening_is_set_from_training_images_chosen_by_the_seed(cifar_batch):
     kernels = []
     for seed in (0, 0, 1):
         model = build_cnn(widths=(8, 8, 8))
-        assert adapt_whitening_layers(model, images, seed, num_images=50) == ["whiten"]
+        assert adapt_whitening_layers(model, images, seed, num_images=50) == (["whiten"], 50)
         kernels.append(to_numpy(model.get_layer("whiten").kernel))
     np.testing.assert_array_equal(kernels[0], kernels[1])
     assert not np.allclose(kernels[0], kernels[2], atol=1e-6)  # another seed, other images

@@ -18,7 +18,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, capsys, flag
     monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
     monkeypatch.setattr(runs, "list_devices", lambda: ["cpu:0"])
     try:
-        training.set_precision(mixed_precision)
+        training.set_precision("on" if mixed_precision else "off")
         assert keras.mixed_precision.global_policy().name == (
             "mixed_bfloat16" if mixed_precision else "float32")
     finally:
@@ -30,7 +30,7 @@ def test_no_warning_on_a_gpu(monkeypatch, capsys):
     monkeypatch.setattr(runs, "cpu_flags", lambda: {"avx2"})
     monkeypatch.setattr(runs, "list_devices", lambda: ["gpu:0", "cpu:0"])
     try:
-        training.set_precision(True)
+        training.set_precision("on")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert "emulated" not in capsys.readouterr().err

@@ -89,10 +89,10 @@ def patch_eigenvectors(images, kernel_size, chunk=500):
 def adapt_whitening_layers(model, images, seed, num_images=5000):
     """Adapts every PatchWhitening layer of `model` to `num_images` training images drawn
     with `seed` (what the layer sees: the model's own preprocessing applied first). Returns
-    the names of the layers adapted."""
+    (names of the layers adapted, number of images used)."""
     layers = [layer for layer in model.layers if isinstance(layer, PatchWhitening)]
     if not layers:
-        return []
+        return [], 0
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(images), size=min(num_images, len(images)), replace=False))
     sample = np.asarray(images[chosen], np.float32)
@@ -107,7 +107,7 @@ def adapt_whitening_layers(model, images, seed, num_images=5000):
         seen = [keras.ops.convert_to_numpy(inputs_of_layer(sample[start:start + 500]))
                 for start in range(0, len(sample), 500)]
         layer.adapt(np.concatenate(seen))
-    return [layer.name for layer in layers]
+    return [layer.name for layer in layers], len(sample)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
