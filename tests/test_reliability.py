@@ -900,6 +900,9 @@ def test_demo_listens_on_localhost_unless_told_otherwise():
 VALUE_FIELDS = {name: kind for name, kind in cfg.FIELD_TYPES.items() if kind in (int, float, bool, str)}
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
               "false": False, "0": False, "no": False, "off": False}
+PRECISION_CHOICES = ("auto", "on", "off")
+PRECISION_WORDS = {"auto": "auto", "on": "on", "off": "off", "true": "on", "yes": "on", "1": "on",
+                   "false": "off", "no": "off", "0": "off"}
 
 
 @st.composite
@@ -917,6 +920,10 @@ def typed_assignment(draw):
     if kind is float:
         value = draw(st.floats(allow_nan=False, allow_infinity=False))
         return f"{name}={value!r}", value
+    if name == "mixed_precision":  # a choice, or a boolean word from configs before "auto"
+        word = draw(st.sampled_from(sorted(PRECISION_WORDS)))
+        text = draw(st.sampled_from([word, word.upper()])) if word not in PRECISION_CHOICES else word
+        return f"{name}={text}", PRECISION_WORDS[word]
     value = draw(st.text())
     return f"{name}={value}", value
 
