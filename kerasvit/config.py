@@ -18,7 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 AUGMENTATIONS = ("none", "pad_crop_flip", "random_resized_crop_flip", "translate_alternating_flip")
 OPTIMIZERS = ("adamw", "nesterov_sgd")
-SCHEDULES = ("warmup_cosine", "triangular")
+SCHEDULES = ("warmup_cosine", "triangular", "linear_decay")
 PRECISION_CHOICES = ("auto", "on", "off")  # see kerasvit.training.resolve_precision
 TTA_METHODS = ("flip", "flip_translate")
 BOOLEAN_PRECISION = {"true": "on", "false": "off", "1": "on", "0": "off", "yes": "on", "no": "off"}
@@ -49,10 +49,15 @@ class TrainConfig:
     bias_lr_scale: float = 1.0
     # nesterov_sgd: sync the weights with their slow copy every N steps (0: no lookahead).
     lookahead_every: int = 0
+    # nesterov_sgd: conv kernels take Muon's orthogonalized steps (airbench94_muon) at this
+    # peak rate, on the same schedule, with their own momentum (0: plain SGD steps).
+    muon_learning_rate: float = 0.0
+    muon_momentum: float = 0.6
     # Epochs during which a patch-whitening layer's bias trains (0: it trains all along).
     whitening_bias_epochs: float = 0.0
     # "warmup_cosine": linear warmup, then cosine to zero. "triangular": linear from 0.2x
-    # to the peak during the warmup, then linear down to 0.07x (airbench94).
+    # to the peak during the warmup, then linear down to 0.07x (airbench94). "linear_decay":
+    # from the peak straight down to zero (airbench94_muon).
     schedule: str = "warmup_cosine"
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
@@ -243,11 +248,12 @@ def validate(config):
         if getattr(config, name) not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, "
                               f"got {getattr(config, name)!r}")
-    if not 0 <= config.momentum < 1:
-        raise ConfigError(f"momentum must be in [0, 1), got {config.momentum}")
+    for name in ("momentum", "muon_momentum"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be in [0, 1), got {getattr(config, name)}")
     if not config.bias_lr_scale > 0:
         raise ConfigError(f"bias_lr_scale must be positive, got {config.bias_lr_scale}")
-    for name in ("whitening_bias_epochs", "lookahead_every"):
+    for name in ("whitening_bias_epochs", "lookahead_every", "muon_learning_rate"):
         value = getattr(config, name)
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value}")

@@ -35,6 +35,20 @@ def lookahead_decay(step, total_steps, base=0.95**5):
     return base * (step / total_steps) ** 3
 
 
+def orthogonalize(matrix, steps=3):
+    """Muon's quintic Newton-Schulz iteration: `matrix` with its singular values pushed
+    towards 1 (to roughly 0.5-1.5, which trains as well as exact U V^T and costs three small
+    matrix products; Jordan et al. 2024). Works on the shorter side's Gram matrix."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = ops.transpose(matrix) if tall else matrix
+    x = x / (ops.norm(ops.reshape(x, (-1,))) + 1e-7)  # top singular value <= 1
+    for _ in range(steps):
+        gram = ops.matmul(x, ops.transpose(x))
+        x = a * x + ops.matmul(b * gram + c * ops.matmul(gram, gram), x)
+    return ops.transpose(x) if tall else x
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LookaheadNesterovSGD(keras.optimizers.Optimizer):
     """Per step, for each variable w with gradient g (torch.optim.SGD's update):
@@ -49,11 +63,19 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
     changing after that many steps. Every `lookahead_every` steps (and at `total_steps`):
         slow = a * slow + (1 - a) * w;  w = slow      a = lookahead_decay(step, total_steps)
     with `lookahead_every=0` there is no lookahead.
+
+    Variables whose path is in `muon_variable_paths` (airbench94_muon: the conv kernels) take
+    Muon's step instead, with no decay: their own Nesterov momentum `muon_momentum`, the
+    weights rescaled to a norm of sqrt(filters) (the BatchNorm after each conv makes the
+    scale irrelevant to the function, so this only fixes the effective step size), and the
+    momentum direction orthogonalized before a step of lr * `muon_learning_rate_scale`.
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.85, weight_decay=0.0,
                  scaled_variable_names=(), scaled_learning_rate=1.0, frozen_after_steps=None,
-                 lookahead_every=0, total_steps=1, name="lookahead_nesterov_sgd", **kwargs):
+                 lookahead_every=0, total_steps=1, muon_variable_paths=(),
+                 muon_learning_rate_scale=1.0, muon_momentum=0.6,
+                 name="lookahead_nesterov_sgd", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = momentum
         # Not the base class's weight_decay (decoupled, applied outside the momentum).
@@ -63,6 +85,9 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         self.frozen_after_steps = dict(frozen_after_steps or {})
         self.lookahead_every = lookahead_every
         self.total_steps = total_steps
+        self.muon_variable_paths = list(muon_variable_paths)
+        self.muon_learning_rate_scale = muon_learning_rate_scale
+        self.muon_momentum = muon_momentum
 
     def build(self, variables):
         if self.built:
@@ -79,6 +104,7 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             self.scaled_learning_rate if v.name in self.scaled_variable_names else 1.0
             for v in variables]
         self.train_steps = [self.frozen_after_steps.get(v.path) for v in variables]
+        self.takes_muon_steps = [v.path in self.muon_variable_paths for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
@@ -89,12 +115,24 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         if self.train_steps[index] is not None:
             learning_rate = learning_rate * ops.cast(ops.less(step, self.train_steps[index]), dtype)
         gradient = ops.cast(gradient, dtype)
-        direction = gradient + (self.coupled_weight_decay / scale) * variable
         momentum = self.momentums[index]
-        self.assign(momentum, self.momentum * momentum + direction)
-        self.assign_sub(variable, learning_rate * (direction + self.momentum * momentum))
+        if self.takes_muon_steps[index]:
+            self.muon_step(gradient, variable, momentum, learning_rate)
+        else:
+            direction = gradient + (self.coupled_weight_decay / scale) * variable
+            self.assign(momentum, self.momentum * momentum + direction)
+            self.assign_sub(variable, learning_rate * (direction + self.momentum * momentum))
         if self.lookahead_every:
             self.lookahead(index, variable, step)
+
+    def muon_step(self, gradient, variable, momentum, learning_rate):
+        self.assign(momentum, self.muon_momentum * momentum + gradient)
+        direction = gradient + self.muon_momentum * momentum
+        filters = variable.shape[-1]
+        normalized = variable * (filters ** 0.5 / (ops.norm(ops.reshape(variable, (-1,))) + 1e-12))
+        step = orthogonalize(ops.reshape(direction, (-1, filters)))
+        self.assign(variable, normalized - learning_rate * self.muon_learning_rate_scale
+                    * ops.reshape(step, variable.shape))
 
     def lookahead(self, index, variable, step):
         slow = self.slow_weights[index]
@@ -121,6 +159,9 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             "frozen_after_steps": self.frozen_after_steps,
             "lookahead_every": self.lookahead_every,
             "total_steps": self.total_steps,
+            "muon_variable_paths": self.muon_variable_paths,
+            "muon_learning_rate_scale": self.muon_learning_rate_scale,
+            "muon_momentum": self.muon_momentum,
         })
         return config
 

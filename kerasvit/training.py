@@ -83,6 +83,9 @@ def learning_rate_schedule(config, steps_per_epoch, peak=None):
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
     if config.schedule == "triangular":
         return optimizers.TriangularSchedule(peak, total_steps=total, warmup_steps=warmup)
+    if config.schedule == "linear_decay":
+        return optimizers.TriangularSchedule(peak, total_steps=total, warmup_steps=0,
+                                             start_factor=1.0, end_factor=0.0)
     if warmup == 0:
         return keras.optimizers.schedules.CosineDecay(peak, decay_steps=total)
     return keras.optimizers.schedules.CosineDecay(
@@ -119,6 +122,10 @@ def make_optimizer(model, config, steps_per_epoch):
         frozen_after_steps=frozen,
         lookahead_every=config.lookahead_every,
         total_steps=max(config.epochs * steps_per_epoch, 1),
+        muon_variable_paths=[v.path for v in model.trainable_variables
+                             if config.muon_learning_rate and len(v.shape) == 4],
+        muon_learning_rate_scale=config.muon_learning_rate / step_size,
+        muon_momentum=config.muon_momentum,
     )
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kerasvit import evaluate, optimizers, runs, training
-from kerasvit.config import load_config_file
+from kerasvit.config import TrainConfig, load_config_file
 from kerasvit.models.cnn import build_cnn
 from kerasvit.models.cnn_layers import (PartialIdentity, PatchWhitening, adapt_whitening_layers,
                                         image_patches)
@@ -147,6 +147,63 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_on_schedule():
     np.testing.assert_allclose(result, to_numpy(optimizer.slow_weights[0]), atol=1e-7)
 
 
+def newton_schulz_by_hand(g, steps=3):
+    """airbench94_muon's zeropower_via_newtonschulz5, in float64 NumPy, on (filters, rest)."""
+    x = g / (np.linalg.norm(g) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        a = x @ x.T
+        x = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+    return x.T if tall else x
+
+
+def test_orthogonalize_flattens_the_singular_values_and_keeps_the_directions():
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(36, 8)) @ np.diag(np.geomspace(1, 10, 8))  # condition ~10
+    result = to_numpy(optimizers.orthogonalize(keras.ops.convert_to_tensor(matrix, "float32")))
+    # In the input's singular bases the result is diagonal: same directions, new values.
+    u, _, vt = np.linalg.svd(matrix, full_matrices=False)
+    in_input_bases = u.T @ result @ vt.T
+    new_values = np.diag(in_input_bases)
+    np.testing.assert_allclose(in_input_bases, np.diag(new_values), atol=2e-3)
+    assert new_values.min() > 0.3 and new_values.max() < 1.6, new_values
+
+
+def test_muon_step_on_conv_kernels_matches_airbench94_muon():
+    """Kernels in muon_variable_paths: w <- w * sqrt(filters)/|w| - lr * scale * NS(g + m*buf),
+    no decay, their own momentum; the other variables keep the SGD step."""
+    rng = np.random.default_rng(4)
+    initial = {"kernel": rng.normal(size=(3, 3, 2, 5)).astype("float32"),
+               "beta": rng.normal(size=(5,)).astype("float32")}
+    steps = [[rng.normal(size=v.shape).astype("float32") for v in initial.values()]
+             for _ in range(3)]
+    optimizer = optimizers.LookaheadNesterovSGD(
+        learning_rate=0.1, momentum=0.85, weight_decay=0.01, muon_variable_paths=["kernel"],
+        muon_learning_rate_scale=2.0, muon_momentum=0.6)
+    kernel, beta = run_optimizer(optimizer, initial, steps)
+    # torch's layout: (filters, inputs * 3 * 3); the orthogonalization ignores column order.
+    w, buf = initial["kernel"].astype(np.float64), np.zeros((3, 3, 2, 5))
+    for g, _ in steps:
+        buf = 0.6 * buf + g
+        w = w * np.sqrt(5) / np.linalg.norm(w)
+        direction = np.moveaxis(g + 0.6 * buf, -1, 0).reshape(5, -1)
+        update = np.moveaxis(newton_schulz_by_hand(direction).reshape(5, 3, 3, 2), 0, -1)
+        w = w - 0.1 * 2.0 * update
+    np.testing.assert_allclose(kernel, w, rtol=1e-4, atol=1e-5)
+    grads = list(zip(*steps))
+    np.testing.assert_allclose(beta, reference_sgd(initial["beta"], grads[1], 0.1, 0.85, 0.01, 1.0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_linear_decay_schedule_falls_from_the_peak_to_zero():
+    config = TrainConfig(epochs=2, schedule="linear_decay", learning_rate=3.0)
+    schedule = training.learning_rate_schedule(config, steps_per_epoch=5)
+    values = [float(to_numpy(schedule(step))) for step in (0, 1, 10)]
+    assert values == pytest.approx([3.0, 3.0, 0.0])
+    assert float(to_numpy(schedule(5.5))) == pytest.approx(1.5)
+
+
 def test_triangular_schedule_rises_then_falls_linearly():
     schedule = optimizers.TriangularSchedule(2.0, total_steps=100, warmup_steps=23)
     values = [float(to_numpy(schedule(step))) for step in (0, 23, 100, 11.5, 61.5)]
@@ -227,13 +284,14 @@ def test_auto_precision_follows_the_machine(monkeypatch, flags, devices, backend
 
 # ------------------------------------------------------------------ the recipe learns
 
-def test_recipe_learns_on_held_out_real_images(backend):
-    """configs/cnn.toml's recipe, scaled to 2,000 training images (batch 100, 6 epochs, a
+@pytest.mark.parametrize("recipe", ["configs/cnn.toml", "configs/cnn_muon.toml"])
+def test_recipe_learns_on_held_out_real_images(backend, recipe):
+    """The recipe, scaled to 2,000 training images (batch 100, 6 epochs, a
     narrow network), reaches well above chance on 1,000 images it never trained on."""
     from kerasvit import data
 
     splits = data.load_splits(validation_size=1000, subset_per_class=200)
-    config = load_config_file("configs/cnn.toml")
+    config = load_config_file(recipe)
     config.epochs, config.batch_size, config.mixed_precision = 6, 100, "off"
     config.model_args = {"widths": [16, 32, 64]}
     keras.utils.set_random_seed(0)
