@@ -38,9 +38,9 @@ VIT_B16_ARCH = dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12, num
 
 def make_sample(path):
     """5,000 training images (500 per class) and the first 2,000 test images, uint8."""
-    from kerasvit import data
+    from kerasvit.data import cifar
 
-    splits = data.load_splits(validation_size=5000, subset_per_class=500)
+    splits = cifar.load_splits(validation_size=5000, subset_per_class=500)
     np.savez_compressed(path, train_images=splits["train"][0], train_labels=splits["train"][1],
                         test_images=splits["test"][0][:2000], test_labels=splits["test"][1][:2000])
 
@@ -58,9 +58,9 @@ def time_steps(model, images, labels, batch_size, epochs):
 
 
 def eval_images_per_s(model, images, batch_size, repeats=10):
-    from kerasvit import evaluate
+    from kerasvit.evaluation import timing
 
-    seconds, _ = evaluate.median_call_seconds(model, images[:batch_size], repeats)
+    seconds, _ = timing.median_call_seconds(model, images[:batch_size], repeats)
     return batch_size / seconds
 
 
@@ -68,7 +68,7 @@ def train_check(model, config, sample, backend, epochs):
     """Trains on the sample; loss before/after, test accuracy and throughput."""
     import keras
 
-    from kerasvit import training
+    from kerasvit.training import recipe
 
     images, labels = sample["train_images"].astype("float32"), sample["train_labels"]
     one_hot = keras.utils.to_categorical(labels, 10)
@@ -76,7 +76,7 @@ def train_check(model, config, sample, backend, epochs):
     test_one_hot = keras.utils.to_categorical(sample["test_labels"], 10)
     steps = len(images) // config.batch_size
     config.epochs = epochs
-    training.compile_model(model, config, steps, backend)
+    recipe.compile_model(model, config, steps, backend)
     before = model.evaluate(images, one_hot, batch_size=config.batch_size, verbose=0, return_dict=True)
     history, intervals = time_steps(model, images, one_hot, config.batch_size, epochs)
     test = model.evaluate(test_images, test_one_hot, batch_size=config.batch_size, verbose=0,
@@ -92,7 +92,7 @@ def train_check(model, config, sample, backend, epochs):
 
 
 def explain_outputs(model, model_name, images):
-    from kerasvit.explain import explain_batch
+    from kerasvit.explain.explanations import explain_batch
 
     result = explain_batch(model, model_name, images)
     maps = result["gradcam"] if result["method"] == "gradcam" else result["rollout"]
@@ -103,22 +103,22 @@ def scratch_model_checks(backend, sample, out, epochs, bf16_epochs):
     import keras
 
     from kerasvit import config as config_module
-    from kerasvit import training
     from kerasvit.models import build_model
+    from kerasvit.training import precision
 
     results = {}
     for model_name in SCRATCH_MODELS:
-        for precision in ("fp32", "bf16"):
-            name = f"{model_name}-{precision}"
+        for compute in ("fp32", "bf16"):
+            name = f"{model_name}-{compute}"
             try:
                 config = config_module.resolve(None, model_name, {}, [])
-                config.mixed_precision = "on" if precision == "bf16" else "off"
-                training.set_precision(config.mixed_precision)
+                config.mixed_precision = "on" if compute == "bf16" else "off"
+                precision.set_precision(config.mixed_precision)
                 keras.utils.set_random_seed(0)
                 model = build_model(model_name, **config.model_args)
                 results[name] = train_check(model, config, sample, backend,
-                                            epochs if precision == "fp32" else bf16_epochs)
-                if precision == "fp32":
+                                            epochs if compute == "fp32" else bf16_epochs)
+                if compute == "fp32":
                     images = sample["test_images"][:EXPLAINED_IMAGES].astype("float32")
                     np.savez(out / f"{backend}-{model_name}-gpu.npz",
                              **explain_outputs(model, model_name, images))
@@ -127,7 +127,7 @@ def scratch_model_checks(backend, sample, out, epochs, bf16_epochs):
                 traceback.print_exc()
                 results[name] = {"error": error_line(error)}
             finally:
-                training.set_precision("off")
+                precision.set_precision("off")
     return results
 
 
@@ -164,28 +164,28 @@ def vit_b16_checks(backend, sample, out):
     import keras
 
     from kerasvit import config as config_module
-    from kerasvit import training
     from kerasvit.models.vit_b16 import build_vit_b16
+    from kerasvit.training import precision
 
     preset = out / "vit_b16_random_preset"
     if not preset.exists():
         make_vit_b16_preset(preset)
     results = {}
-    for precision in ("fp32", "bf16"):
+    for compute in ("fp32", "bf16"):
         try:
             config = config_module.resolve(None, "vit_b16", {"batch_size": VIT_B16_BATCH}, [])
-            config.mixed_precision = "on" if precision == "bf16" else "off"
-            training.set_precision(config.mixed_precision)
+            config.mixed_precision = "on" if compute == "bf16" else "off"
+            precision.set_precision(config.mixed_precision)
             keras.utils.set_random_seed(0)
             model = build_vit_b16(preset=str(preset), finetune="full")
             data = scaled_sample(sample, model.preprocessor.image_converter)
             model.preprocessor = None
-            results[f"vit_b16-{precision}"] = train_check(model, config, data, backend, epochs=2)
+            results[f"vit_b16-{compute}"] = train_check(model, config, data, backend, epochs=2)
         except Exception as error:
             traceback.print_exc()
-            results[f"vit_b16-{precision}"] = {"error": error_line(error)}
+            results[f"vit_b16-{compute}"] = {"error": error_line(error)}
         finally:
-            training.set_precision("off")
+            precision.set_precision("off")
     return results
 
 
@@ -212,18 +212,18 @@ def reload_on_cpu(out, sample):
 def worker(task, out, sample_path, epochs, bf16_epochs):
     import keras
 
-    from kerasvit import runs
+    from kerasvit.runs import environment, folders
 
     backend = keras.backend.backend()
     sample = dict(np.load(sample_path))
-    report = {"backend": backend, "devices": runs.list_devices(),
-              "versions": runs.package_versions()}
+    report = {"backend": backend, "devices": environment.list_devices(),
+              "versions": environment.package_versions()}
     if task == "gpu":
         report["checks"] = scratch_model_checks(backend, sample, out, epochs, bf16_epochs)
         report["checks"].update(vit_b16_checks(backend, sample, out))
     else:
         report["reloaded"] = reload_on_cpu(out, sample)
-    runs.write_json(out / f"worker-{task}-{backend}.json", report)
+    folders.write_json(out / f"worker-{task}-{backend}.json", report)
 
 
 # ---- the parent ----

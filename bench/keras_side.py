@@ -1,6 +1,6 @@
 """The Keras contenders (imported only inside a worker, after KERAS_BACKEND is set).
 
-Each contender is kerasvit's own model, compiled by `kerasvit.training.compile_model` (the
+Each contender is kerasvit's own model, compiled by `kerasvit.training.recipe.compile_model` (the
 config's optimizer and schedule, label-smoothed loss and metrics of `python -m
 kerasvit.train`) with the contender's precision and jit_compile, and trained through
 `model.fit` on a tf.data dataset as kerasvit.train feeds it. Previews build kerasvit's model
@@ -13,9 +13,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasvit import training
 from kerasvit.config import config_from_dict
 from kerasvit.models.cnn_layers import PartialIdentity, PatchWhitening
+from kerasvit.training import precision, recipe
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -181,7 +181,7 @@ class KerasContender:
         with self.policy():
             keras.utils.set_random_seed(0)
             self.model = build_model(spec, contender)
-            training.compile_model(self.model, config, steps_per_epoch=1000, backend=backend)
+            recipe.compile_model(self.model, config, steps_per_epoch=1000, backend=backend)
         self.jit_compile = bool(self.model.jit_compile)
 
     def policy(self):
@@ -191,10 +191,10 @@ class KerasContender:
 
         class Scope:
             def __enter__(self):
-                training.set_precision("on" if contender.mixed else "off")
+                precision.set_precision("on" if contender.mixed else "off")
 
             def __exit__(self, *exc):
-                training.set_precision("off")
+                precision.set_precision("off")
 
         return Scope()
 

@@ -5,7 +5,7 @@ Same layers, widths, initial-value-independent shapes and parameter counts as
 `kerasvit.models.cnn.build_cnn` and `kerasvit.models.vit.build_vit` (checked in
 tests/test_bench.py and by bench/throughput.py at every run). Inputs are float images in
 [0, 255], NCHW (any memory format), normalised inside the model as the Keras models do.
-Also the native counterparts of kerasvit.training.make_optimizer (AdamW for `adamw`, Nesterov
+Also the native counterparts of kerasvit.training.recipe.make_optimizer (AdamW for `adamw`, Nesterov
 SGD with airbench's parameter groups for `nesterov_sgd`) and of its schedules.
 
 Nothing here imports keras or TensorFlow.
@@ -95,7 +95,7 @@ class NativeCNN(nn.Module):
     (no bias) x logit_scale.
 
     The whitening kernel keeps torch's default random init (kerasvit's stays random until
-    kerasvit.training.fit adapts it to the training images; the benchmark never does)."""
+    kerasvit.training.loop.fit adapts it to the training images; the benchmark never does)."""
 
     def __init__(self, image_shape=(32, 32, 3), num_classes=10, whitening_kernel_size=2,
                  widths=(64, 256, 256), batch_norm_momentum=0.6, logit_scale=1 / 9):
@@ -280,7 +280,7 @@ def param_counts(module):
     return int(trainable), int(frozen + stats)
 
 
-# Same exclusions as kerasvit.training.NO_DECAY_NAMES: norms, biases and embeddings.
+# Same exclusions as kerasvit.training.recipe.NO_DECAY_NAMES: norms, biases and embeddings.
 NO_DECAY_KEYS = ("class_token", "positions", "cls_token", "position_embeddings")
 
 
@@ -310,7 +310,7 @@ def make_adamw(module, learning_rate, weight_decay):
 
 
 def warmup_cosine_factor(warmup_steps, total_steps):
-    """Linear warmup then cosine decay to 0, as kerasvit.training.learning_rate_schedule."""
+    """Linear warmup then cosine decay to 0, as kerasvit.training.recipe.learning_rate_schedule."""
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / max(warmup_steps, 1)
@@ -321,7 +321,7 @@ def warmup_cosine_factor(warmup_steps, total_steps):
 
 
 def triangular_factor(warmup_steps, total_steps, start_factor=0.2, end_factor=0.07):
-    """kerasvit.optimizers.TriangularSchedule / peak: linear from `start_factor` to 1 over
+    """kerasvit.training.optimizers.TriangularSchedule / peak: linear from `start_factor` to 1 over
     the warmup, then linear down to `end_factor` at `total_steps` (airbench94)."""
     warmup = max(warmup_steps, 1)
 
@@ -335,13 +335,13 @@ def triangular_factor(warmup_steps, total_steps, start_factor=0.2, end_factor=0.
 
 
 def warmup_cosine(optimizer, warmup_steps, total_steps):
-    """Linear warmup then cosine decay to 0, as kerasvit.training.learning_rate_schedule."""
+    """Linear warmup then cosine decay to 0, as kerasvit.training.recipe.learning_rate_schedule."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer,
                                              warmup_cosine_factor(warmup_steps, total_steps))
 
 
 def airbench_hyperparameters(learning_rate, weight_decay, momentum, batch_size):
-    """kerasvit.optimizers.airbench_hyperparameters (copied: that module imports keras;
+    """kerasvit.training.optimizers.airbench_hyperparameters (copied: that module imports keras;
     tests/test_bench.py checks they agree): airbench's per-1024-example lr and decoupled
     weight decay -> (step size eta, L2 factor c) for a batch-mean loss."""
     kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
@@ -349,7 +349,7 @@ def airbench_hyperparameters(learning_rate, weight_decay, momentum, batch_size):
 
 
 def nesterov_sgd_param_groups(module, step_size, decay, bias_lr_scale):
-    """airbench94's groups, as kerasvit.training.make_optimizer sets up LookaheadNesterovSGD:
+    """airbench94's groups, as kerasvit.training.recipe.make_optimizer sets up LookaheadNesterovSGD:
     BatchNorm offsets at `bias_lr_scale` x the step size with their decay divided by it (the
     same per-step shrinkage), everything else at the step size with decay `c`. The
     whitening bias (NativeCNN.whiten) gets a group of its own so that the schedule can stop
@@ -392,7 +392,7 @@ def make_nesterov_sgd(module, config):
 
 
 def make_optimizer(module, config, steps_per_epoch):
-    """The native counterpart of kerasvit.training.make_optimizer for `config` (a
+    """The native counterpart of kerasvit.training.recipe.make_optimizer for `config` (a
     TrainConfig as a dict): "adamw" -> AdamW with kerasvit's decay exclusions, "nesterov_sgd"
     -> Nesterov SGD with airbench's groups; the config's schedule ("warmup_cosine" or
     "triangular") as a LambdaLR stepped once per training step. Returns (optimizer,

@@ -1,7 +1,7 @@
 """Data for every contender, and the input-pipeline measurement (TensorFlow only).
 
 The batches all contenders train on are the first few batches of kerasvit's own training
-pipeline (`kerasvit.data.make_dataset` on the CIFAR-10 train split, with the model's
+pipeline (`kerasvit.data.stream.make_dataset` on the CIFAR-10 train split, with the model's
 augmentation, at the model's input size), saved once so that every process trains on the
 identical images.
 """
@@ -14,7 +14,7 @@ NUM_CLASSES = 10
 
 
 def load_train_split(spec):
-    from kerasvit import data
+    from kerasvit.data import cifar
 
     if spec["synthetic"]:
         rng = np.random.default_rng(0)
@@ -23,7 +23,7 @@ def load_train_split(spec):
         labels = rng.integers(0, NUM_CLASSES, size=count).astype(np.int64)
         return images, labels
     config = spec["config"]
-    splits = data.load_splits(config["data_dir"], config["validation_size"], 0)
+    splits = cifar.load_splits(config["data_dir"], config["validation_size"], 0)
     return splits["train"]
 
 
@@ -31,7 +31,7 @@ class Pipeline:
     def __init__(self, spec):
         import tensorflow as tf
 
-        from kerasvit import data
+        from kerasvit.data import stream
 
         self.tf = tf
         self.spec = spec
@@ -41,7 +41,7 @@ class Pipeline:
         self.load_s = time.perf_counter() - started
         self.num_images = len(images)
         config = spec["config"]
-        self.dataset = data.make_dataset(
+        self.dataset = stream.make_dataset(
             images, labels, image_size=spec["image_size"], batch_size=self.batch_size,
             training=True, augmentation=config["augmentation"], seed=config["seed"],
         ).repeat()

@@ -36,11 +36,12 @@ def parse_args():
 def keras_step(args, config, images, labels):
     import keras
 
-    from kerasvit import models, training
+    from kerasvit import models
+    from kerasvit.training import recipe
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if args.bf16 else "float32")
     model = models.build_model(args.model, **config.model_args)
-    training.compile_model(model, config, steps_per_epoch=100, backend="torch")
+    recipe.compile_model(model, config, steps_per_epoch=100, backend="torch")
     one_hot = keras.utils.to_categorical(labels, 10)
     return lambda: float(model.train_on_batch(images, one_hot, return_dict=True)["loss"])
 
@@ -70,7 +71,8 @@ def native_step(args, config, images, labels):
 
 
 def profile(name, step, args):
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     for _ in range(args.warmup):
         step()

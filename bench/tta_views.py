@@ -9,7 +9,9 @@ import sys
 
 import numpy as np
 
-from kerasvit import evaluate, loading, reports
+from kerasvit.cli import evaluate
+from kerasvit.evaluation import classification, tta
+from kerasvit.runs import loading
 
 
 def main(path):
@@ -17,16 +19,16 @@ def main(path):
     images, labels = evaluate.load_test_set("", 0)
     views = {"plain": images, "mirror": np.ascontiguousarray(images[:, :, ::-1])}
     for offset, name in ((0, "down_right"), (2, "up_left")):
-        views[name] = evaluate.shifted(images, offset)
+        views[name] = tta.shifted(images, offset)
         views[name + "_mirror"] = np.ascontiguousarray(views[name][:, :, ::-1])
-    logits = {name: evaluate.predict_logits(model, view, 500) for name, view in views.items()}
+    logits = {name: tta.predict_logits(model, view, 500) for name, view in views.items()}
     weights = {"plain": 0.25, "mirror": 0.25, "down_right": 0.125, "down_right_mirror": 0.125,
                "up_left": 0.125, "up_left_mirror": 0.125}
     accuracy = lambda scores: float(np.mean(scores.argmax(axis=1) == labels))  # noqa: E731
     rows = {
         "none": accuracy(logits["plain"]),
-        "flip, softmax averaged": accuracy(reports.softmax(logits["plain"]) + reports.softmax(logits["mirror"])),
-        "6 views, softmax averaged": accuracy(sum(w * reports.softmax(logits[n]) for n, w in weights.items())),
+        "flip, softmax averaged": accuracy(classification.softmax(logits["plain"]) + classification.softmax(logits["mirror"])),
+        "6 views, softmax averaged": accuracy(sum(w * classification.softmax(logits[n]) for n, w in weights.items())),
         "6 views, logits averaged": accuracy(sum(w * logits[n] for n, w in weights.items())),
     }
     for name, value in rows.items():

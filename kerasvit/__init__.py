@@ -26,7 +26,7 @@ def register_layers():
     (importing their modules does it), so that any `.keras` file of ours loads."""
     import kerasvit.models.cnn_layers  # noqa: F401
     import kerasvit.models.vit_layers  # noqa: F401
-    import kerasvit.optimizers  # noqa: F401
+    import kerasvit.training.optimizers  # noqa: F401
 
 
 class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):

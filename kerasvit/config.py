@@ -9,8 +9,9 @@ import dataclasses
 import inspect
 import json
 import math
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from kerasvit.errors import UserError
 
@@ -19,7 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 AUGMENTATIONS = ("none", "pad_crop_flip", "random_resized_crop_flip", "translate_alternating_flip")
 OPTIMIZERS = ("adamw", "nesterov_sgd")
 SCHEDULES = ("warmup_cosine", "triangular", "linear_decay")
-PRECISION_CHOICES = ("auto", "on", "off")  # see kerasvit.training.resolve_precision
+PRECISION_CHOICES = ("auto", "on", "off")  # see kerasvit.training.precision.resolve_precision
 TTA_METHODS = ("flip", "flip_translate")
 BOOLEAN_PRECISION = {"true": "on", "false": "off", "1": "on", "0": "off", "yes": "on", "no": "off"}
 JIT_CHOICES = ("auto", "on", "off")
@@ -39,7 +40,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 256
     # "adamw": AdamW, no decay on norms, biases, embeddings. "nesterov_sgd": airbench's
-    # Nesterov SGD with lookahead (kerasvit.optimizers); its learning_rate and weight_decay
+    # Nesterov SGD with lookahead (kerasvit.training.optimizers); its learning_rate and weight_decay
     # are in airbench's decoupled form, per 1024 examples.
     optimizer: str = "adamw"
     learning_rate: float = 2e-3
@@ -79,7 +80,7 @@ class TrainConfig:
     steps_per_epoch: int = 0
     # "data_parallel": split each (global) batch over every device; JAX only.
     distribute: str = "none"
-    # Minutes of whole-process wall time; > 0 sizes `epochs` to fit (see kerasvit.budget).
+    # Minutes of whole-process wall time; > 0 sizes `epochs` to fit (see kerasvit.training.budget).
     time_budget_minutes: float = 0.0
     # Also report test accuracy averaged over views of each image: "flip" (the image and
     # its mirror) or "flip_translate" (also 1-pixel shifts, airbench's TTA).

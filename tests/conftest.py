@@ -38,11 +38,11 @@ def backend():
 @pytest.fixture(scope="session")
 def cifar_splits():
     """Real CIFAR-10: 20 training images per class, 500 validation, the 10k test set."""
-    from kerasvit import data
+    from kerasvit.data import cifar
 
     try:
-        return data.load_splits(validation_size=500, subset_per_class=20)
-    except data.DataError as error:
+        return cifar.load_splits(validation_size=500, subset_per_class=20)
+    except cifar.DataError as error:
         pytest.fail(f"CIFAR-10 is needed for these tests: {error}")
 
 

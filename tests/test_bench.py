@@ -92,8 +92,8 @@ def test_native_cnn_computes_the_keras_cnn():
 
 
 def test_native_nesterov_sgd_follows_the_cnn_config():
-    from kerasvit import optimizers
     from kerasvit.config import config_path_for_model, load_config_file
+    from kerasvit.training import optimizers
 
     config = load_config_file(config_path_for_model("cnn")).to_dict()
     assert config["optimizer"] == "nesterov_sgd"

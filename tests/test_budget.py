@@ -5,8 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import (
+    TINY_TRAIN_FLAGS_WITHOUT_EPOCHS,
+    history_rows,
+    run_cli,
+    run_train,
+)
 
-from cli_helpers import TINY_TRAIN_FLAGS_WITHOUT_EPOCHS, history_rows, run_cli, run_train
 from kerasvit.config import ConfigError
 
 MEASURED = {"train_step_s": 0.5, "steps_per_epoch": 100, "eval_images_per_s": 500.0,
@@ -14,7 +19,7 @@ MEASURED = {"train_step_s": 0.5, "steps_per_epoch": 100, "eval_images_per_s": 50
 
 
 def plan(budget_minutes, tta=False, measured=MEASURED, elapsed_s=20.0):
-    from kerasvit import budget
+    from kerasvit.training import budget
 
     return budget.plan_epochs(budget_minutes=budget_minutes, elapsed_s=elapsed_s,
                               measured=measured, validation_images=5000, test_images=10_000,
@@ -23,7 +28,7 @@ def plan(budget_minutes, tta=False, measured=MEASURED, elapsed_s=20.0):
 
 @pytest.mark.parametrize("budget_minutes", [3, 10, 30, 60])
 def test_plan_uses_the_budget_without_exceeding_it(budget_minutes):
-    from kerasvit import budget
+    from kerasvit.training import budget
 
     result = plan(budget_minutes)
     usable = budget.SAFETY_FRACTION * 60 * budget_minutes
@@ -50,7 +55,7 @@ SLOW_PLAN = {"budget_s": 600.0, "estimated_epoch_s": 100.0, "estimated_final_s":
 
 
 def test_a_run_slower_than_planned_is_told_when_it_will_end_past_its_budget():
-    from kerasvit import budget
+    from kerasvit.training import budget
 
     on_pace = budget.overrun_warning(SLOW_PLAN, elapsed_s=230.0, epochs_done=2, epochs=5,
                                      last_epoch_s=100.0)
@@ -64,7 +69,7 @@ def test_a_run_slower_than_planned_is_told_when_it_will_end_past_its_budget():
 def test_budget_watch_warns_once_with_the_epoch_time_from_the_logs(capsys):
     import time
 
-    from kerasvit import budget
+    from kerasvit.training import budget
 
     watch = budget.BudgetWatch(SLOW_PLAN, process_start=time.time() - 300.0, epochs=5)
     watch.on_epoch_end(0, {"epoch_time_s": 250.0})  # the first epoch also compiles: not judged
@@ -106,22 +111,23 @@ def test_flip_tta_averages_the_image_and_its_mirror(tmp_path, cifar_batch):
     image gets the same probabilities with and without TTA."""
     import keras
 
-    from kerasvit import evaluate, models, reports
+    from kerasvit import models
+    from kerasvit.evaluation import classification, tta
 
     keras.utils.set_random_seed(1)
     model = models.build_model("cnn", widths=[8, 16, 32])
     images = cifar_batch[0][:8].astype(np.uint8)
-    plain = reports.softmax(np.asarray(model.predict(images.astype("float32"), verbose=0)))
-    mirrored = reports.softmax(np.asarray(model.predict(images[:, :, ::-1].astype("float32"),
+    plain = classification.softmax(np.asarray(model.predict(images.astype("float32"), verbose=0)))
+    mirrored = classification.softmax(np.asarray(model.predict(images[:, :, ::-1].astype("float32"),
                                                         verbose=0)))
-    averaged = evaluate.flip_averaged_probabilities(model, images, batch_size=4)
+    averaged = tta.flip_averaged_probabilities(model, images, batch_size=4)
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-5)
     assert not np.allclose(plain, mirrored, atol=1e-4)  # the mirror does change the input
 
     symmetric = np.concatenate([images[:, :, :16], images[:, :, :16][:, :, ::-1]], axis=2)
-    symmetric_plain = reports.softmax(np.asarray(model.predict(symmetric.astype("float32"),
+    symmetric_plain = classification.softmax(np.asarray(model.predict(symmetric.astype("float32"),
                                                                verbose=0)))
-    np.testing.assert_allclose(evaluate.flip_averaged_probabilities(model, symmetric, 4),
+    np.testing.assert_allclose(tta.flip_averaged_probabilities(model, symmetric, 4),
                                symmetric_plain, atol=1e-5)
 
 

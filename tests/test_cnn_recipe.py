@@ -6,11 +6,18 @@ import keras
 import numpy as np
 import pytest
 
-from kerasvit import evaluate, optimizers, runs, training
 from kerasvit.config import TrainConfig, load_config_file
+from kerasvit.data import stream
+from kerasvit.evaluation import tta
 from kerasvit.models.cnn import build_cnn
-from kerasvit.models.cnn_layers import (PartialIdentity, PatchWhitening, adapt_whitening_layers,
-                                        image_patches)
+from kerasvit.models.cnn_layers import (
+    PartialIdentity,
+    PatchWhitening,
+    adapt_whitening_layers,
+    image_patches,
+)
+from kerasvit.runs import environment
+from kerasvit.training import loop, optimizers, precision, recipe
 
 
 def to_numpy(x):
@@ -58,7 +65,7 @@ def test_whitening_is_set_from_training_images_chosen_by_the_seed(cifar_batch):
     assert not np.allclose(kernels[0], kernels[2], atol=1e-6)  # another seed, other images
     untouched = to_numpy(build_cnn(widths=(8, 8, 8)).get_layer("whiten").kernel)
     model = build_cnn(widths=(8, 8, 8))
-    training.initialize_from_data(model, images, seed=0)  # what every fresh run does first
+    loop.initialize_from_data(model, images, seed=0)  # what every fresh run does first
     assert not np.allclose(to_numpy(model.get_layer("whiten").kernel), untouched)
 
 
@@ -198,7 +205,7 @@ def test_muon_step_on_conv_kernels_matches_airbench94_muon():
 
 def test_linear_decay_schedule_falls_from_the_peak_to_zero():
     config = TrainConfig(epochs=2, schedule="linear_decay", learning_rate=3.0)
-    schedule = training.learning_rate_schedule(config, steps_per_epoch=5)
+    schedule = recipe.learning_rate_schedule(config, steps_per_epoch=5)
     values = [float(to_numpy(schedule(step))) for step in (0, 1, 10)]
     assert values == pytest.approx([3.0, 3.0, 0.0])
     assert float(to_numpy(schedule(5.5))) == pytest.approx(1.5)
@@ -231,11 +238,11 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[None, None, :] * 8, (count, 32, 32))
     ids = np.broadcast_to(np.arange(count, dtype=np.float32)[:, None, None], (count, 32, 32))
     images = np.stack([ramp, ids, np.zeros_like(ramp)], axis=-1).astype(np.uint8)
-    stream = training.training_stream(
+    batches = stream.training_stream(
         images, np.zeros(count, np.int64), image_size=(32, 32), batch_size=count, steps=1,
         augmentation="translate_alternating_flip", seed=3, epochs=3)
     mirrored = []
-    for batch, _ in stream:
+    for batch, _ in batches:
         batch = batch.numpy()
         order = batch[:, 0, 0, 1].astype(int)
         flipped = batch[:, 16, 0, 0] > batch[:, 16, 31, 0]  # bright on the left
@@ -246,7 +253,7 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
 
 def test_shifted_moves_images_by_one_pixel_with_reflected_edges():
     images = np.arange(2 * 4 * 4 * 1, dtype=np.float32).reshape(2, 4, 4, 1)
-    down_right, up_left = evaluate.shifted(images, 0), evaluate.shifted(images, 2)
+    down_right, up_left = tta.shifted(images, 0), tta.shifted(images, 2)
     np.testing.assert_array_equal(down_right[:, 1:, 1:], images[:, :-1, :-1])
     np.testing.assert_array_equal(up_left[:, :-1, :-1], images[:, 1:, 1:])
     np.testing.assert_array_equal(down_right[:, 0, 1:], images[:, 1, :-1])  # reflected row
@@ -255,13 +262,13 @@ def test_shifted_moves_images_by_one_pixel_with_reflected_edges():
 def test_flip_translate_tta_weights_its_six_views(cifar_batch):
     model = build_cnn(widths=(8, 8, 8))
     images, labels = cifar_batch[0][:16].astype(np.uint8), cifar_batch[1][:16]
-    flip = evaluate.tta_probabilities(model, images, 8, "flip")
-    both = evaluate.tta_probabilities(model, images, 8, "flip_translate")
-    moved = [evaluate.flip_averaged_probabilities(model, evaluate.shifted(images, o), 8)
+    flip = tta.tta_probabilities(model, images, 8, "flip")
+    both = tta.tta_probabilities(model, images, 8, "flip_translate")
+    moved = [tta.flip_averaged_probabilities(model, tta.shifted(images, o), 8)
              for o in (0, 2)]
     np.testing.assert_allclose(both, 0.5 * flip + 0.25 * moved[0] + 0.25 * moved[1], atol=1e-6)
     np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-6)
-    result = evaluate.tta_evaluation(model, images, labels, 8, method="flip_translate")
+    result = tta.tta_evaluation(model, images, labels, 8, method="flip_translate")
     assert "6 views" in result["method"]
 
 
@@ -275,28 +282,28 @@ def test_flip_translate_tta_weights_its_six_views(cifar_batch):
     ({"avx2"}, ["gpu:0", "cpu:0"], "jax", True),
 ])
 def test_auto_precision_follows_the_machine(monkeypatch, flags, devices, backend, enabled):
-    monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(runs, "list_devices", lambda: devices)
-    chosen, reason = training.resolve_precision("auto", backend)
+    monkeypatch.setattr(environment, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(environment, "list_devices", lambda: devices)
+    chosen, reason = precision.resolve_precision("auto", backend)
     assert chosen is enabled and reason.startswith("auto: ")
-    assert training.resolve_precision("off", backend) == (False, "--mixed-precision off")
+    assert precision.resolve_precision("off", backend) == (False, "--mixed-precision off")
 
 
 # ------------------------------------------------------------------ the recipe learns
 
-@pytest.mark.parametrize("recipe", ["configs/cnn.toml", "configs/cnn_muon.toml"])
-def test_recipe_learns_on_held_out_real_images(backend, recipe):
+@pytest.mark.parametrize("config_file", ["configs/cnn.toml", "configs/cnn_muon.toml"])
+def test_recipe_learns_on_held_out_real_images(backend, config_file):
     """The recipe, scaled to 2,000 training images (batch 100, 6 epochs, a
     narrow network), reaches well above chance on 1,000 images it never trained on."""
-    from kerasvit import data
+    from kerasvit.data import cifar
 
-    splits = data.load_splits(validation_size=1000, subset_per_class=200)
-    config = load_config_file(recipe)
+    splits = cifar.load_splits(validation_size=1000, subset_per_class=200)
+    config = load_config_file(config_file)
     config.epochs, config.batch_size, config.mixed_precision = 6, 100, "off"
     config.model_args = {"widths": [16, 32, 64]}
     keras.utils.set_random_seed(0)
     model = build_cnn(**config.model_args)
-    history, _ = training.fit(model, config, splits, backend)
+    history, _ = loop.fit(model, config, splits, backend)
     val_accuracy = history.history["val_accuracy"]
     assert val_accuracy[-1] > 0.4, val_accuracy  # chance is 0.1
     assert val_accuracy[-1] > val_accuracy[0]

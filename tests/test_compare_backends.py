@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from kerasvit import backend_worker, compare_backends
+from kerasvit.compare import backends, worker
 
 OUTPUT_FILES = ("results.json", "results.csv", "results.md", "compare.png", "config.json")
 TINY = ["--model", "cnn", "--subset-per-class", "10", "--batch-size", "20", "--epochs", "1",
@@ -50,7 +50,7 @@ FAKE_WORKER = textwrap.dedent("""
 
 def run_main(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        compare_backends.main(argv)
+        backends.main(argv)
     return exit_info.value.code, capsys.readouterr().err
 
 
@@ -75,14 +75,14 @@ def test_bad_input_is_one_line_and_exit_2(flags, message, capsys, tmp_path):
 def fake_workers(tmp_path, monkeypatch):
     script = tmp_path / "fake_worker.py"
     script.write_text(FAKE_WORKER)
-    monkeypatch.setattr(compare_backends, "worker_command",
+    monkeypatch.setattr(backends, "worker_command",
                         lambda mode, spec_path: [sys.executable, str(script), mode, str(spec_path)])
-    monkeypatch.setattr(compare_backends, "backend_installed", lambda backend: backend != "jax")
+    monkeypatch.setattr(backends, "backend_installed", lambda backend: backend != "jax")
     return tmp_path / "runs"
 
 
 def test_failing_and_missing_backends_are_reported_not_fatal(fake_workers, capsys):
-    out_dir = compare_backends.main(["--out", str(fake_workers), "--seeds", "2", *TINY])
+    out_dir = backends.main(["--out", str(fake_workers), "--seeds", "2", *TINY])
     screen = capsys.readouterr().out
     for name in OUTPUT_FILES:
         assert (out_dir / name).is_file(), name
@@ -129,7 +129,7 @@ def test_worker_reports_its_own_error_as_one_line(tmp_path):
             "model_dir": str(tmp_path), "result_path": str(tmp_path / "result.json"),
             "spawn_time": 0.0}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    assert backend_worker.main(["train", str(tmp_path / "spec.json")]) == 1
+    assert worker.main(["train", str(tmp_path / "spec.json")]) == 1
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "failed" and result["user_error"] is True
     assert result["error"].startswith("ConfigError: unknown model argument 'bogus'")
@@ -145,8 +145,8 @@ REAL_PAIR = ("tensorflow", "torch")
                     reason="needs tensorflow and torch installed")
 def test_tiny_real_comparison(tmp_path, monkeypatch, capsys):
     # jax is made to look uninstalled: the real path for a missing backend, at no cost.
-    monkeypatch.setattr(compare_backends, "backend_installed", lambda backend: backend != "jax")
-    out_dir = compare_backends.main([
+    monkeypatch.setattr(backends, "backend_installed", lambda backend: backend != "jax")
+    out_dir = backends.main([
         "--out", str(tmp_path), "--backends", "tensorflow,jax,torch", *TINY,
         # A narrow CNN: this checks the plumbing, not the model.
         "--set", "model_args.widths=[16,16,16]",
@@ -175,7 +175,7 @@ def test_tiny_real_comparison(tmp_path, monkeypatch, capsys):
 
 
 def test_load_check_verdicts():
-    from kerasvit.compare_report import summarise_load_checks
+    from kerasvit.compare.backend_report import summarise_load_checks
 
     same = {"max_abs_prob_diff": 2e-7, "top1_agreement": 1.0}
     checks = {"tensorflow": same, "jax": same, "torch": same}

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from kerasvit import compare_models, evaluate, train
+from kerasvit.cli import evaluate, train
+from kerasvit.compare import leaderboard
 
 # Training always evaluates the whole 10k test set, at the training batch size: 16x16 inputs
 # (the pipeline resizes) and batch 100 keep that to seconds; at 32x32 and batch 25 it took
@@ -50,7 +51,7 @@ def tiny_runs(tmp_path_factory):
 def report(tiny_runs):
     base, run_dirs = tiny_runs
     cnn_evaluated_at = read_json(run_dirs["cnn"] / "metrics.json")["evaluation"]["evaluated_at"]
-    out_dir = compare_models.main([*map(str, run_dirs.values()), "--out", str(base / "reports"),
+    out_dir = leaderboard.main([*map(str, run_dirs.values()), "--out", str(base / "reports"),
                                    *EVALUATION_FLAGS])
     return out_dir, run_dirs, cnn_evaluated_at
 
@@ -110,7 +111,7 @@ def test_runs_with_other_data_settings_are_flagged(report):
 
 def test_a_second_comparison_never_overwrites_the_first(report, tiny_runs):
     out_dir, run_dirs, _ = report
-    again = compare_models.main([*map(str, run_dirs.values()), "--out", str(out_dir.parent)])
+    again = leaderboard.main([*map(str, run_dirs.values()), "--out", str(out_dir.parent)])
     assert again != out_dir and (out_dir / "models.md").is_file()
 
 
@@ -125,7 +126,7 @@ def test_a_folder_that_is_not_a_run_is_refused_with_one_line(tmp_path, capsys, m
     folder.mkdir()
     make(folder)
     with pytest.raises(SystemExit) as exit_info:
-        compare_models.main([str(folder), "--out", str(tmp_path / "reports")])
+        leaderboard.main([str(folder), "--out", str(tmp_path / "reports")])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kerasvit.compare_models: error: ")
@@ -136,14 +137,14 @@ def test_a_folder_that_is_not_a_run_is_refused_with_one_line(tmp_path, capsys, m
 def test_pareto_front_by_hand():
     # (accuracy, latency ms): 0 and 2 trade off; 1 is beaten by 0; 3 is beaten by 2; 4 unknown.
     points = [(0.90, 5.0), (0.85, 6.0), (0.95, 20.0), (0.95, 25.0), (None, 1.0)]
-    assert compare_models.pareto_front(points) == [0, 2]
+    assert leaderboard.pareto_front(points) == [0, 2]
 
 
 def test_reference_settings_follow_the_majority():
     rows = [{"subset_per_class": 0, "augmentation": "pad_crop_flip", "test_images": 10000},
             {"subset_per_class": 100, "augmentation": "pad_crop_flip", "test_images": 10000},
             {"subset_per_class": 0, "augmentation": "pad_crop_flip", "test_images": 10000}]
-    reference = compare_models.reference_settings(rows)
+    reference = leaderboard.reference_settings(rows)
     assert reference["subset_per_class"] == 0
-    assert compare_models.comparability_note(rows[0], reference) == ""
-    assert compare_models.comparability_note(rows[1], reference) == "subset_per_class 100 (others 0)"
+    assert leaderboard.comparability_note(rows[0], reference) == ""
+    assert leaderboard.comparability_note(rows[1], reference) == "subset_per_class 100 (others 0)"

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kerasvit import cli, data, loading, reports
 from trained_run import tiny_vit_run
+
+from kerasvit import cli
+from kerasvit.data import cifar
+from kerasvit.evaluation import classification
+from kerasvit.runs import loading
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_IMAGES = 500
@@ -29,12 +32,13 @@ CHILD_SCRIPT = textwrap.dedent("""
     import numpy as np
     import kerasvit  # registers the custom layers for plain keras loading
     import keras
-    from kerasvit import evaluate, reports
+    from kerasvit.cli import evaluate
+    from kerasvit.evaluation import classification
 
     model_path, images_path, out_dir = sys.argv[1:4]
     model = keras.saving.load_model(model_path, compile=False)  # safe_mode defaults to True
     logits = model.predict(np.load(images_path), verbose=0)
-    np.save(out_dir + "/probabilities.npy", reports.softmax(keras.ops.convert_to_numpy(logits)))
+    np.save(out_dir + "/probabilities.npy", classification.softmax(keras.ops.convert_to_numpy(logits)))
     evaluate.main([model_path, "--out", out_dir, "--test-images", str(len(np.load(images_path))),
                    "--timing-repeats", "1", "--batch-size", "250"])
 """)
@@ -54,7 +58,7 @@ def cross_backend_results(tiny_run, tmp_path_factory):
     """Starts one child per other backend (in parallel: each mostly waits on imports) and
     returns {backend: folder with its probabilities.npy and metrics.json}."""
     work = tmp_path_factory.mktemp("cross_backend")
-    images, _ = data.load_cifar10(data.resolve_data_dir())["test"]
+    images, _ = cifar.load_cifar10(cifar.resolve_data_dir())["test"]
     np.save(work / "images.npy", images[:NUM_IMAGES].astype("float32"))
     children = {}
     for backend in other_backends():
@@ -75,10 +79,10 @@ def cross_backend_results(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def own_probabilities(tiny_run):
-    images, labels = data.load_cifar10(data.resolve_data_dir())["test"]
+    images, labels = cifar.load_cifar10(cifar.resolve_data_dir())["test"]
     model = loading.load_model(tiny_run)
     logits = model.predict(images[:NUM_IMAGES].astype("float32"), verbose=0)
-    return reports.softmax(logits), labels[:NUM_IMAGES]
+    return classification.softmax(logits), labels[:NUM_IMAGES]
 
 
 @pytest.mark.parametrize("other", other_backends())
@@ -100,7 +104,7 @@ def test_same_accuracy_from_evaluate_on_other_backend(other, cross_backend_resul
     assert evaluation["backend"] == other
     assert evaluation["trained_backend"] == os.environ["KERAS_BACKEND"]
     assert evaluation["test_images"] == NUM_IMAGES
-    own = reports.classification_metrics(labels, probabilities, [str(i) for i in range(10)])
+    own = classification.classification_metrics(labels, probabilities, [str(i) for i in range(10)])
     assert evaluation["accuracy"] == own["accuracy"]
     assert evaluation["top5_accuracy"] == own["top5_accuracy"]
     assert evaluation["confusion_matrix"] == own["confusion_matrix"]

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from kerasvit import data
+from kerasvit.data import cifar, stream
 
 
 def test_split_is_stratified_deterministic_and_disjoint():
     labels = np.repeat(np.arange(10), 100)
-    train, validation = data.split_train_validation(labels, 200)
-    again_train, again_validation = data.split_train_validation(labels, 200)
+    train, validation = cifar.split_train_validation(labels, 200)
+    again_train, again_validation = cifar.split_train_validation(labels, 200)
     assert np.array_equal(train, again_train) and np.array_equal(validation, again_validation)
     assert len(validation) == 200 and len(train) == 800
     assert not set(train) & set(validation)
@@ -18,10 +18,10 @@ def test_split_is_stratified_deterministic_and_disjoint():
 
 def test_subset_takes_n_per_class_and_refuses_too_many():
     labels = np.repeat(np.arange(10), 5)
-    chosen = data.take_per_class(np.arange(50), labels, 3)
+    chosen = cifar.take_per_class(np.arange(50), labels, 3)
     assert np.all(np.bincount(labels[chosen]) == 3)
-    with pytest.raises(data.DataError, match="at most 5"):
-        data.take_per_class(np.arange(50), labels, 6)
+    with pytest.raises(cifar.DataError, match="at most 5"):
+        cifar.take_per_class(np.arange(50), labels, 6)
 
 
 def test_real_cifar_splits(cifar_splits):
@@ -40,7 +40,7 @@ def test_real_cifar_splits(cifar_splits):
 ])
 def test_pipeline_yields_float_images_and_one_hot_labels(cifar_splits, augmentation, size):
     images, labels = cifar_splits["train"]
-    dataset = data.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
+    dataset = stream.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
                                 augmentation=augmentation)
     batches = list(dataset.as_numpy_iterator())
     assert len(batches) == 4
@@ -52,23 +52,23 @@ def test_pipeline_yields_float_images_and_one_hot_labels(cifar_splits, augmentat
 
 def test_evaluation_pipeline_keeps_order_and_every_image(cifar_splits):
     images, labels = cifar_splits["validation"]
-    dataset = data.make_dataset(images, labels, image_size=(32, 32), batch_size=64, training=False)
+    dataset = stream.make_dataset(images, labels, image_size=(32, 32), batch_size=64, training=False)
     seen = np.concatenate([y.argmax(axis=1) for _, y in dataset.as_numpy_iterator()])
     assert np.array_equal(seen, labels)
 
 
 def test_batch_larger_than_the_data_is_refused(cifar_splits):
     images, labels = cifar_splits["train"]
-    with pytest.raises(data.DataError, match="batch_size 512 is larger"):
-        data.make_dataset(images, labels, image_size=(32, 32), batch_size=512, training=True)
+    with pytest.raises(cifar.DataError, match="batch_size 512 is larger"):
+        stream.make_dataset(images, labels, image_size=(32, 32), batch_size=512, training=True)
 
 
 def test_missing_data_is_one_clear_error(tmp_path, monkeypatch):
     # A proxy that refuses connections makes the download fail at once, online or not.
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    with pytest.raises(data.DataError, match="--data-dir DIR or set TFDS_DATA_DIR"):
-        data.load_cifar10(str(tmp_path / "empty"))
+    with pytest.raises(cifar.DataError, match="--data-dir DIR or set TFDS_DATA_DIR"):
+        cifar.load_cifar10(str(tmp_path / "empty"))
 
 
 @pytest.mark.parametrize("augmentation, size", [
@@ -78,7 +78,7 @@ def test_augmentation_is_reproducible_per_seed_and_new_each_epoch(cifar_splits, 
     images, labels = cifar_splits["train"]
 
     def two_epochs(seed):
-        dataset = data.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
+        dataset = stream.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
                                     augmentation=augmentation, seed=seed)
         return [[x for x, _ in dataset.as_numpy_iterator()] for _ in range(2)]
 

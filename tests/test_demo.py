@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from kerasvit import CLASS_NAMES, demo, predict
 from trained_run import tiny_vit_run
+
+from kerasvit import CLASS_NAMES
+from kerasvit.cli import demo, predict
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

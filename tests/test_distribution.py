@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerasvit import data, distribution, train
+from kerasvit import distribution
+from kerasvit.cli import train
+from kerasvit.data import stream
 
 # One step per epoch, so history.csv holds a per-step loss curve. No augmentation: tf.data
 # draws its random crops/flips in a parallel map, so they differ from run to run even on one
@@ -106,7 +108,7 @@ def test_evaluation_batches_are_trimmed_to_a_multiple_of_the_devices():
     images, labels = np.zeros((10, 32, 32, 3), np.uint8), np.arange(10) % 10
 
     def batch_sizes(multiple):
-        dataset = data.make_dataset(images, labels, image_size=(32, 32), batch_size=4,
+        dataset = stream.make_dataset(images, labels, image_size=(32, 32), batch_size=4,
                                     training=False, batch_multiple=multiple)
         return [int(x.shape[0]) for x, _ in dataset]
 

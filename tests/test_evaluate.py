@@ -10,9 +10,10 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-
-from kerasvit import evaluate, reports
 from trained_run import tiny_vit_run
+
+from kerasvit.cli import evaluate
+from kerasvit.evaluation import classification
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = ("confusion_matrix", "per_class_accuracy", "training_curves", "mistakes", "samples")
@@ -46,7 +47,7 @@ HAND_NAMES = ("a", "b", "c")
 
 
 def test_metrics_match_hand_computed_case():
-    metrics = reports.classification_metrics(HAND_LABELS, HAND_PROBABILITIES, HAND_NAMES)
+    metrics = classification.classification_metrics(HAND_LABELS, HAND_PROBABILITIES, HAND_NAMES)
     assert metrics["accuracy"] == pytest.approx(4 / 6)
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     # precision a: 1 of 2 predicted a; b: 2 of 3; c: 1 of 1. recall: 1/2, 2/2, 1/2.
@@ -64,23 +65,23 @@ def test_metrics_match_hand_computed_case():
 
 def test_top_k_accuracy_by_hand():
     # Both mistakes have the true class second, so top-2 is perfect; top-1 is 4/6.
-    assert reports.top_k_accuracy(HAND_LABELS, HAND_PROBABILITIES, 1) == pytest.approx(4 / 6)
-    assert reports.top_k_accuracy(HAND_LABELS, HAND_PROBABILITIES, 2) == 1.0
+    assert classification.top_k_accuracy(HAND_LABELS, HAND_PROBABILITIES, 1) == pytest.approx(4 / 6)
+    assert classification.top_k_accuracy(HAND_LABELS, HAND_PROBABILITIES, 2) == 1.0
 
 
 def test_cross_entropy_and_softmax_by_hand():
     logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0]])
     # -log(1/2) and -log(3/4), averaged.
     expected = (np.log(2) + np.log(4 / 3)) / 2
-    assert reports.cross_entropy(np.array([0, 0]), logits) == pytest.approx(expected)
-    assert reports.softmax(logits)[1] == pytest.approx([0.75, 0.25])
+    assert classification.cross_entropy(np.array([0, 0]), logits) == pytest.approx(expected)
+    assert classification.softmax(logits)[1] == pytest.approx([0.75, 0.25])
     # Stable for large logits (a naive exp overflows to inf/nan).
-    assert reports.softmax(np.array([[1000.0, 0.0]]))[0] == pytest.approx([1.0, 0.0])
+    assert classification.softmax(np.array([[1000.0, 0.0]]))[0] == pytest.approx([1.0, 0.0])
 
 
 def test_most_confident_mistakes_order():
     # Mistakes are rows 1 (confidence 0.6) and 5 (0.5).
-    assert list(reports.most_confident_mistakes(HAND_LABELS, HAND_PROBABILITIES, 5)) == [1, 5]
+    assert list(classification.most_confident_mistakes(HAND_LABELS, HAND_PROBABILITIES, 5)) == [1, 5]
 
 
 # ------------------------------------------------------------ the CLI on a real run
@@ -128,7 +129,7 @@ def test_predictions_npz_matches_metrics(evaluated_run):
     evaluation = json.loads((evaluated_run / "metrics.json").read_text())["evaluation"]
     accuracy = np.mean(np.argmax(saved["logits"], axis=-1) == saved["labels"])
     assert accuracy == pytest.approx(evaluation["accuracy"])
-    assert reports.cross_entropy(saved["labels"], saved["logits"]) == pytest.approx(evaluation["loss"])
+    assert classification.cross_entropy(saved["labels"], saved["logits"]) == pytest.approx(evaluation["loss"])
 
 
 def test_lone_keras_file_with_out_folder(tiny_run, tmp_path):

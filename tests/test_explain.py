@@ -66,11 +66,11 @@ def images():
 
 def compute_maps(models, images):
     """{f"{name}/{key}": array} for every {name: loaded model}, on this process's backend."""
-    from kerasvit import explain
+    from kerasvit.explain import explanations
 
     maps = {}
     for name, model in models.items():
-        result = explain.explain_batch(model, name, images)
+        result = explanations.explain_batch(model, name, images)
         for key in MAP_KEYS:
             if key in result:
                 maps[f"{name}/{key}"] = np.asarray(result[key])
@@ -78,7 +78,7 @@ def compute_maps(models, images):
 
 
 def load_models(paths):
-    from kerasvit import loading
+    from kerasvit.runs import loading
 
     return {Path(path).stem: loading.load_model(path) for path in paths}
 
@@ -87,7 +87,7 @@ def load_models(paths):
 
 @pytest.mark.parametrize("name", ["vit", "vit_b16"])
 def test_attention_rows_sum_to_one_and_maps_have_grid_shape(loaded, images, name):
-    from kerasvit import attention
+    from kerasvit.explain import attention
 
     scores = attention.attention_scores(loaded[name], name, images)
     assert len(scores) == 2
@@ -102,7 +102,7 @@ def test_attention_rows_sum_to_one_and_maps_have_grid_shape(loaded, images, name
 def test_keras_hub_recomputation_matches_backbone(loaded, images):
     import keras
 
-    from kerasvit.attention import keras_hub_vit_scores
+    from kerasvit.explain.attention import keras_hub_vit_scores
 
     classifier = loaded["vit_b16"]
     tokens, _ = keras_hub_vit_scores(classifier, images)
@@ -112,7 +112,7 @@ def test_keras_hub_recomputation_matches_backbone(loaded, images):
 
 
 def test_rollout_mixes_in_the_residual_and_multiplies_layers():
-    from kerasvit.attention import rollout
+    from kerasvit.explain.attention import rollout
 
     # Two tokens; every head of layer 1 sends token 0 entirely to token 1.
     swap = np.array([[0.0, 1.0], [0.0, 1.0]], dtype="float32")[None, None]
@@ -156,7 +156,7 @@ def coloured_image(red_quadrant):
 
 @pytest.mark.parametrize("red_quadrant", [0, 1, 2, 3])
 def test_gradcam_peaks_where_the_class_evidence_is(red_quadrant):
-    from kerasvit.explain import grad_cam
+    from kerasvit.explain.gradcam import grad_cam
 
     model = colour_detector()
     image = coloured_image(red_quadrant)[None]
@@ -169,7 +169,7 @@ def test_gradcam_peaks_where_the_class_evidence_is(red_quadrant):
 
 
 def test_gradcam_has_the_feature_map_shape_and_is_not_negative(loaded, images):
-    from kerasvit.explain import grad_cam
+    from kerasvit.explain.gradcam import grad_cam
     from kerasvit.models.cnn import last_conv_layer_name
 
     model = loaded["cnn"]
@@ -224,7 +224,7 @@ def fake_run(folder, model_name, model_path):
 
 
 def test_cli_explains_a_test_sample_into_the_run_folder(saved_models, tmp_path):
-    from kerasvit import explain
+    from kerasvit.cli import explain
 
     run_dir = fake_run(tmp_path / "run", "cnn", saved_models["cnn"])
     index = explain.main([str(run_dir), "--num-images", "3"])
@@ -238,7 +238,7 @@ def test_cli_explains_a_test_sample_into_the_run_folder(saved_models, tmp_path):
 def test_cli_explains_image_files_into_out(saved_models, tmp_path):
     from PIL import Image
 
-    from kerasvit import explain
+    from kerasvit.cli import explain
 
     paths = []
     for index, size in enumerate((32, 50)):  # any size: resized to the model's input
@@ -260,7 +260,7 @@ def test_cli_explains_image_files_into_out(saved_models, tmp_path):
     (["{cnn}", "--num-images", "0"], "--num-images must be positive"),
 ])
 def test_cli_bad_input_is_one_line(saved_models, capsys, arguments, message):
-    from kerasvit import explain
+    from kerasvit.cli import explain
 
     arguments = [a.format(**{k: str(v) for k, v in saved_models.items()}) for a in arguments]
     with pytest.raises(SystemExit) as exit_info:
@@ -274,7 +274,7 @@ def test_cli_bad_input_is_one_line(saved_models, capsys, arguments, message):
 @pytest.mark.parametrize("name, method", [("cnn", "gradcam"), ("vit_b16", "attention")])
 def test_explain_image_returns_an_overlay(loaded, name, method):
     from kerasvit import CLASS_NAMES
-    from kerasvit.explain import explain_image
+    from kerasvit.explain.explanations import explain_image
 
     photo = np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype="uint8")
     result = explain_image(loaded[name], photo, name, display_size=64)

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from kerasvit import training
 from kerasvit.config import TrainConfig
 from kerasvit.models import build_model
 from kerasvit.models.vit import attention_scores
+from kerasvit.training import recipe
 
 # Small but real versions of the scratch models (vit_b16 has its own tests with a tiny preset).
 TINY_ARGS = {
@@ -47,7 +47,7 @@ def test_model_learns_on_real_cifar(name, epochs, learning_rate, cifar_batch, ba
     model = build_model(name, **TINY_ARGS[name])
     config = TrainConfig(model=name, epochs=epochs, batch_size=50, learning_rate=learning_rate,
                          warmup_epochs=0.5, label_smoothing=0.0, weight_decay=0.01)
-    training.compile_model(model, config, steps_per_epoch=len(images) // 50, backend=backend)
+    recipe.compile_model(model, config, steps_per_epoch=len(images) // 50, backend=backend)
     before = model.evaluate(images, one_hot, batch_size=100, verbose=0, return_dict=True)
     model.fit(images, one_hot, batch_size=50, epochs=epochs, verbose=0)
     after = model.evaluate(images, one_hot, batch_size=100, verbose=0, return_dict=True)

@@ -6,11 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from kerasvit import training
 from kerasvit.config import TrainConfig
-from kerasvit.explain import explain_batch
+from kerasvit.explain.explanations import explain_batch
 from kerasvit.models import build_model
 from kerasvit.models.cnn import last_conv_layer_name
+from kerasvit.training import recipe
 
 NEW_MODELS = ("resnet18", "mobilenet")
 # Tiny widths and one block per stage, strides chosen so the last feature map is 4x4 as in
@@ -74,7 +74,7 @@ def test_model_learns_on_real_cifar(name, epochs, learning_rate, cifar_batch, ba
     model = build_model(name, **TINY_ARGS[name])
     config = TrainConfig(model=name, epochs=epochs, batch_size=50, learning_rate=learning_rate,
                          warmup_epochs=0.5, label_smoothing=0.0, weight_decay=0.01)
-    training.compile_model(model, config, steps_per_epoch=len(images) // 50, backend=backend)
+    recipe.compile_model(model, config, steps_per_epoch=len(images) // 50, backend=backend)
     before = model.evaluate(images, one_hot, batch_size=100, verbose=0, return_dict=True)
     model.fit(images, one_hot, batch_size=50, epochs=epochs, verbose=0)
     after = model.evaluate(images, one_hot, batch_size=100, verbose=0, return_dict=True)

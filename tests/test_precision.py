@@ -4,7 +4,8 @@ slower than float32 on such a CPU); with them, or off, it stays quiet."""
 import keras
 import pytest
 
-from kerasvit import runs, training
+from kerasvit.runs import environment
+from kerasvit.training import precision
 
 
 @pytest.mark.parametrize("flags, mixed_precision, warns", [
@@ -15,10 +16,10 @@ from kerasvit import runs, training
 ])
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, capsys, flags,
                                                        mixed_precision, warns):
-    monkeypatch.setattr(runs, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(runs, "list_devices", lambda: ["cpu:0"])
+    monkeypatch.setattr(environment, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(environment, "list_devices", lambda: ["cpu:0"])
     try:
-        training.set_precision("on" if mixed_precision else "off")
+        precision.set_precision("on" if mixed_precision else "off")
         assert keras.mixed_precision.global_policy().name == (
             "mixed_bfloat16" if mixed_precision else "float32")
     finally:
@@ -27,17 +28,17 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, capsys, flag
 
 
 def test_no_warning_on_a_gpu(monkeypatch, capsys):
-    monkeypatch.setattr(runs, "cpu_flags", lambda: {"avx2"})
-    monkeypatch.setattr(runs, "list_devices", lambda: ["gpu:0", "cpu:0"])
+    monkeypatch.setattr(environment, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(environment, "list_devices", lambda: ["gpu:0", "cpu:0"])
     try:
-        training.set_precision("on")
+        precision.set_precision("on")
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert "emulated" not in capsys.readouterr().err
 
 
 def test_env_records_whether_the_cpu_has_bf16_instructions():
-    assert runs.collect_env(keras.backend.backend())["cpu_bf16_instructions"] in (True, False, None)
+    assert environment.collect_env(keras.backend.backend())["cpu_bf16_instructions"] in (True, False, None)
 
 
 def test_devices_name_where_keras_puts_tensors():
@@ -45,4 +46,4 @@ def test_devices_name_where_keras_puts_tensors():
     gpu_check.py found "cpu:0" recorded for a run on a CUDA GPU before this)."""
     tensor_device = str(keras.ops.convert_to_tensor([0.0]).device).lower()
     on_gpu = "cuda" in tensor_device or "gpu" in tensor_device
-    assert runs.list_devices()[0].startswith("gpu:" if on_gpu else "cpu:")
+    assert environment.list_devices()[0].startswith("gpu:" if on_gpu else "cpu:")

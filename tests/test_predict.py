@@ -5,9 +5,13 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-
-from kerasvit import CLASS_NAMES, data, loading, predict, reports
 from trained_run import tiny_vit_run
+
+from kerasvit import CLASS_NAMES
+from kerasvit.cli import predict
+from kerasvit.data import cifar, stream
+from kerasvit.evaluation import classification
+from kerasvit.runs import loading
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +21,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def test_images():
-    images, labels = data.load_cifar10(data.resolve_data_dir())["test"]
+    images, labels = cifar.load_cifar10(cifar.resolve_data_dir())["test"]
     return images[:4], labels[:4]
 
 
@@ -83,8 +87,8 @@ def test_predict_matches_the_model_on_the_same_pixels(tiny_run, image_files, tes
     result = json.loads(out)["results"]
     model = loading.load_model(tiny_run)
     grey = np.asarray(Image.fromarray(images[2]).convert("L").convert("RGB"))
-    expected = reports.softmax(model.predict(
-        data.prepare_images(np.stack([images[0], images[3], grey]), (32, 32)), verbose=0))
+    expected = classification.softmax(model.predict(
+        stream.prepare_images(np.stack([images[0], images[3], grey]), (32, 32)), verbose=0))
     for row, entry in zip(expected, result):
         got = {p["class"]: p["probability"] for p in entry["predictions"]}
         assert [got[name] for name in CLASS_NAMES] == pytest.approx(row, abs=1e-6)

@@ -2,7 +2,7 @@
 unsafe files are refused.
 
 - The kill/resume chain runs the real CLI, stops it at exact points (the process announces
-  each pause point on stdout and waits; see kerasvit.runs.pause_point), kills it there with
+  each pause point on stdout and waits; see kerasvit.runs.folders.pause_point), kills it there with
   SIGKILL, SIGTERM or SIGINT, resumes, and compares the result with an unbroken run.
 - BAD_INPUTS is the table of bad input: every row runs a CLI in a subprocess and must end
   with exit code 2 and exactly one stderr line naming the problem and the fix, with no
@@ -31,15 +31,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import (
+    TINY_EPOCHS,
+    TINY_TRAIN_FLAGS,
+    TINY_TRAIN_FLAGS_WITHOUT_EPOCHS,
+    cli_env,
+    history_rows,
+    run_cli,
+    run_train,
+    start_cli,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, features
 
-from cli_helpers import (TINY_EPOCHS, TINY_TRAIN_FLAGS, TINY_TRAIN_FLAGS_WITHOUT_EPOCHS,
-                         cli_env, history_rows, run_cli, run_train, start_cli)
 from kerasvit import config as cfg
-from kerasvit import predict, runs
+from kerasvit.cli import predict
+from kerasvit.runs import folders
 
 REPO = Path(__file__).resolve().parent.parent
 KERASVIT = REPO / "kerasvit"
@@ -581,7 +590,7 @@ def run_until_paused(args, point, cwd):
     the process says it paused at `point`."""
     stderr_path = cwd / f"stderr-{point}.txt"
     with stderr_path.open("w") as stderr:
-        process = start_cli("train", args, cwd, env=cli_env(**{runs.PAUSE_VARIABLE: point}),
+        process = start_cli("train", args, cwd, env=cli_env(**{folders.PAUSE_VARIABLE: point}),
                             stdout=subprocess.PIPE, stderr=stderr)
     seen = []
     for line in process.stdout:
@@ -685,9 +694,10 @@ def compare_with_reference(run_dir, reference, backend):
 
 
 def compare_predictions(model_path, reference_path, tolerance):
-    from kerasvit import data, loading
+    from kerasvit.data import cifar
+    from kerasvit.runs import loading
 
-    images = data.load_cifar10(data.resolve_data_dir())["test"][0][:16].astype("float32")
+    images = cifar.load_cifar10(cifar.resolve_data_dir())["test"][0][:16].astype("float32")
     resumed = loading.load_model(model_path).predict(images, verbose=0)
     unbroken = loading.load_model(reference_path).predict(images, verbose=0)
     np.testing.assert_allclose(resumed, unbroken, rtol=tolerance, atol=tolerance)
@@ -742,7 +752,7 @@ def test_backup_carries_the_random_generator_state(tmp_path):
     test_killed_run_with_dropout_resumes_exactly checks the whole effect)."""
     import keras
 
-    from kerasvit import training
+    from kerasvit.training import checkpoint
 
     def build():
         keras.utils.set_random_seed(1)
@@ -753,19 +763,19 @@ def test_backup_carries_the_random_generator_state(tmp_path):
 
     model = build()
     model.optimizer.build(model.trainable_variables)
-    (state,) = training.seed_generator_states(model)
+    (state,) = checkpoint.seed_generator_states(model)
     for _ in range(3):
         model.layers[1].seed_generator.next()
     advanced = keras.ops.convert_to_numpy(state).copy()
-    training.save_backup(model, tmp_path / "backup", 4)
+    checkpoint.save_backup(model, tmp_path / "backup", 4)
     fresh = build()
-    assert not np.array_equal(keras.ops.convert_to_numpy(training.seed_generator_states(fresh)[0]),
+    assert not np.array_equal(keras.ops.convert_to_numpy(checkpoint.seed_generator_states(fresh)[0]),
                               advanced)
-    assert training.restore_backup(fresh, tmp_path / "backup") == 4
+    assert checkpoint.restore_backup(fresh, tmp_path / "backup") == 4
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(training.seed_generator_states(fresh)[0]), advanced)
+        keras.ops.convert_to_numpy(checkpoint.seed_generator_states(fresh)[0]), advanced)
     # On torch, unseeded Dropout draws from torch's global generator: saved as well.
-    saved = training.saved_torch_generator_states(training.backup_files(tmp_path / "backup")[0])
+    saved = checkpoint.saved_torch_generator_states(checkpoint.backup_files(tmp_path / "backup")[0])
     assert ("cpu" in saved) == (keras.backend.backend() == "torch")
 
 
@@ -773,22 +783,22 @@ def test_history_keeps_the_backed_up_epochs_once(tmp_path):
     """A resumed run drops rows of epochs it will redo, duplicates and a row torn by a kill."""
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss\n0,1.5\n1,1.2\n1,1.1\n2,0.9\n3,0.")
-    runs.truncate_history(path, 2)
+    folders.truncate_history(path, 2)
     assert path.read_text().splitlines() == ["epoch,loss", "0,1.5", "1,1.1"]
-    runs.truncate_history(path, 0)
+    folders.truncate_history(path, 0)
     assert not path.exists()
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "metrics.json"
-    runs.write_json(path, {"old": 1})
+    folders.write_json(path, {"old": 1})
 
     def failing(temporary):
         Path(temporary).write_text('{"new": ')
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(runs.WriteError, match=r"cannot write .*metrics.json \(No space left"):
-        runs.write_atomically(path, failing)
+    with pytest.raises(folders.WriteError, match=r"cannot write .*metrics.json \(No space left"):
+        folders.write_atomically(path, failing)
     assert json.loads(path.read_text()) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
@@ -814,7 +824,7 @@ def test_lambda_layer_code_runs_only_with_unsafe_load(lambda_model, tmp_path, ca
 
 def test_code_that_the_scan_misses_is_still_refused_by_keras_safe_mode(lambda_model, monkeypatch):
     """The pre-check is a convenience; Keras' own safe mode remains the guard."""
-    from kerasvit import loading
+    from kerasvit.runs import loading
 
     path, marker = lambda_model
     monkeypatch.setattr(loading, "find_python_code", lambda config: None)
@@ -874,7 +884,7 @@ def test_no_pickle_or_unsafe_loading_in_the_package():
 def test_demo_listens_on_localhost_unless_told_otherwise():
     from types import SimpleNamespace
 
-    from kerasvit import demo
+    from kerasvit.cli import demo
 
     assert demo.parse_args(["runs/x"]).host == "127.0.0.1"
 
@@ -1002,7 +1012,7 @@ def image_files(draw):
 
 @pytest.fixture(scope="module")
 def reference_model(reference_run):
-    from kerasvit import loading
+    from kerasvit.runs import loading
 
     return loading.load_model(reference_run)
 

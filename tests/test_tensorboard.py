@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
-
-from kerasvit import tensorboard_images
 from trained_run import tiny_vit_run
+
+from kerasvit.training import tensorboard_images
 
 
 @pytest.fixture(scope="session")

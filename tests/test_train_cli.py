@@ -4,9 +4,10 @@
 import json
 
 import pytest
-
 from cli_helpers import TINY_EPOCHS, TINY_TRAIN_FLAGS, history_rows, run_train
-from kerasvit import runs, train
+
+from kerasvit.cli import train
+from kerasvit.runs import folders
 
 RUN_FILES = ("config.json", "env.json", "history.csv", "model.keras", "metrics.json")
 
@@ -39,8 +40,8 @@ def test_run_folder_has_every_file(tiny_cnn_run, backend):
 
 def test_second_run_gets_its_own_folder(tmp_path):
     """Runs started in the same second get numbered folders (the name has the time in it)."""
-    first = runs.new_run_dir("cnn", "torch", root=tmp_path)
-    second = runs.new_run_dir("cnn", "torch", root=tmp_path)
+    first = folders.new_run_dir("cnn", "torch", root=tmp_path)
+    second = folders.new_run_dir("cnn", "torch", root=tmp_path)
     assert first != second and first.is_dir() and second.is_dir()
     if second.name.startswith(first.name):  # the same second (else the time differs)
         assert second.name == f"{first.name}-2"

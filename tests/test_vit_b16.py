@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from kerasvit import training
 from kerasvit.config import TrainConfig
 from kerasvit.models.vit_b16 import PresetError, build_vit_b16
+from kerasvit.training import recipe
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -39,7 +39,7 @@ def train_briefly(model, cifar_batch, backend, epochs=3):
     one_hot = keras.utils.to_categorical(labels, 10)
     config = TrainConfig(model="vit_b16", epochs=epochs, batch_size=50, learning_rate=3e-3,
                          warmup_epochs=0.0, label_smoothing=0.0, weight_decay=0.0)
-    training.compile_model(model, config, steps_per_epoch=len(images) // 50, backend=backend)
+    recipe.compile_model(model, config, steps_per_epoch=len(images) // 50, backend=backend)
     before = model.evaluate(images, one_hot, batch_size=100, verbose=0, return_dict=True)
     model.fit(images, one_hot, batch_size=50, epochs=epochs, verbose=0)
     after = model.evaluate(images, one_hot, batch_size=100, verbose=0, return_dict=True)

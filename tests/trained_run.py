@@ -19,6 +19,6 @@ TINY_VIT_FLAGS = [
 @functools.lru_cache(maxsize=1)
 def tiny_vit_run(base_dir):
     """Trains the tiny ViT under this process's backend into `base_dir`; returns its folder."""
-    from kerasvit import train
+    from kerasvit.cli import train
 
     return Path(train.main(TINY_VIT_FLAGS + ["--run-dir", str(Path(base_dir) / "tiny-vit")]))

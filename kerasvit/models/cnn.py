@@ -7,7 +7,7 @@ Keras layers.
 
 With the default widths (64, 256, 256) it has ~1.97M parameters. The recipe that trains it
 (Nesterov SGD with per-1024-example hyperparameters, 64x learning rate on the BN offsets,
-lookahead, alternating flips) lives in configs/cnn.toml and kerasvit.optimizers.
+lookahead, alternating flips) lives in configs/cnn.toml and kerasvit.training.optimizers.
 
 Choices that differ from a textbook CNN, and why (airbench's ablations):
 - BatchNorm without a learned scale (the next conv can scale) and with momentum 0.6 (Keras'
@@ -51,7 +51,7 @@ def build_cnn(
 ):
     """Builds the CNN. The last block's activation, `block{len(widths)}_b_act`, is the
     feature map used for Grad-CAM (see `last_conv_layer_name`). Train it through
-    kerasvit.training.fit, which adapts the whitening layer to the training images first."""
+    kerasvit.training.loop.fit, which adapts the whitening layer to the training images first."""
     inputs = keras.Input(shape=tuple(image_shape), name="images")
     x = keras.layers.Normalization(mean=CIFAR_MEAN, variance=CIFAR_VARIANCE, name="normalize")(inputs)
     x = PatchWhitening(kernel_size=whitening_kernel_size, name="whiten")(x)

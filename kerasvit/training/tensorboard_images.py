@@ -60,19 +60,20 @@ class ConfusionMatrixImage(keras.callbacks.Callback):
     def write_image(self):
         import tensorflow as tf
 
-        from kerasvit import data, reports
+        from kerasvit.data import stream
+        from kerasvit.evaluation import classification, figures
 
         image_size = self.model.input_shape[1:3]
         budget = image_budget(image_size)
         images, labels = self.images[:budget], self.labels[:budget]
-        batch = data.prepare_images(images, image_size)
+        batch = stream.prepare_images(images, image_size)
         logits = predict_logits(self.model, batch, self.batch_size)
-        metrics = reports.classification_metrics(labels, reports.softmax(logits), CLASS_NAMES)
-        figure = reports.confusion_matrix_figure(
+        metrics = classification.classification_metrics(labels, classification.softmax(logits), CLASS_NAMES)
+        figure = figures.confusion_matrix_figure(
             metrics["confusion_matrix"], CLASS_NAMES,
             title=f"{self.split} confusion matrix, {len(labels)} images "
                   f"(accuracy {metrics['accuracy']:.3f})")
-        png = tf.image.decode_png(reports.figure_png_bytes(figure), channels=4)
+        png = tf.image.decode_png(figures.figure_png_bytes(figure), channels=4)
         writer = tf.summary.create_file_writer(str(self.log_dir))
         with writer.as_default():
             tf.summary.image("confusion_matrix", png[None], step=self.last_epoch)

@@ -44,17 +44,19 @@ def measure(config, splits, backend, build_model):
 
     Returns seconds per training step (median), evaluation images/s, and the one-off cost
     of the first (compiling) step."""
-    from kerasvit import evaluate, training
+    from kerasvit.data import stream
+    from kerasvit.evaluation import timing
+    from kerasvit.training import loop, recipe
 
     model = build_model()
     images, labels = splits["train"]
-    steps = training.count_steps(len(images), config.batch_size, config.steps_per_epoch)
-    training.compile_model(model, config, steps, backend)
-    stream = training.training_stream(
+    steps = loop.count_steps(len(images), config.batch_size, config.steps_per_epoch)
+    recipe.compile_model(model, config, steps, backend)
+    batches_stream = stream.training_stream(
         images, labels, image_size=model.input_shape[1:3], batch_size=config.batch_size,
         steps=min(WARMUP_STEPS + TIMED_STEPS, steps), augmentation=config.augmentation,
         seed=config.seed, epochs=1)
-    distinct = [(x.numpy(), y.numpy()) for x, y in stream]
+    distinct = [(x.numpy(), y.numpy()) for x, y in batches_stream]
     batches = [distinct[i % len(distinct)] for i in range(WARMUP_STEPS + TIMED_STEPS)]
 
     def train_step(batch):
@@ -66,7 +68,7 @@ def measure(config, splits, backend, build_model):
         train_step(batch)
     step_s = float(np.median([seconds(lambda b=batch: train_step(b))
                               for batch in batches[WARMUP_STEPS:]]))
-    eval_s, _ = evaluate.median_call_seconds(model, batches[0][0], TIMED_EVAL_BATCHES)
+    eval_s, _ = timing.median_call_seconds(model, batches[0][0], TIMED_EVAL_BATCHES)
     return {
         "train_step_s": step_s,
         "eval_images_per_s": config.batch_size / eval_s,

@@ -9,7 +9,7 @@ import platform
 import textwrap
 from pathlib import Path
 
-from kerasvit import runs
+from kerasvit.runs import environment, folders
 
 METHOD = {
     "import_build_s": "seconds from spawning the worker to `import keras` done (Python start, "
@@ -43,7 +43,7 @@ CSV_FIELDS = (
 
 
 def machine_info():
-    return {"cpu": runs.cpu_model(), "cpu_count": os.cpu_count(),
+    return {"cpu": environment.cpu_model(), "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version()}
 
 
@@ -315,7 +315,7 @@ def plot(report, path):
 
 def write_all(report, out_dir):
     out_dir = Path(out_dir)
-    runs.write_json(out_dir / "results.json", report)
+    folders.write_json(out_dir / "results.json", report)
     write_csv(report, out_dir / "results.csv")
     (out_dir / "results.md").write_text(markdown(report))
     plot(report, out_dir / "compare.png")

@@ -1,7 +1,7 @@
 """One backend's share of `kerasvit.compare_backends`, run in a process of its own.
 
-    KERAS_BACKEND=jax python -m kerasvit.backend_worker train SPEC.json
-    KERAS_BACKEND=jax python -m kerasvit.backend_worker check SPEC.json
+    KERAS_BACKEND=jax python -m kerasvit.compare.worker train SPEC.json
+    KERAS_BACKEND=jax python -m kerasvit.compare.worker check SPEC.json
 
 `train` trains and evaluates the configured model for each seed, timing it, and saves the
 first seed's model with its logits on a few probe images. `check` loads every backend's
@@ -31,9 +31,9 @@ def main(argv=None):
         result = {"status": "failed", "error": error_line(error),
                   "user_error": is_user_error(error)}
     result["peak_rss_mb"] = peak_rss_mb()
-    from kerasvit import runs
+    from kerasvit.runs import folders
 
-    runs.write_json(spec["result_path"], result)
+    folders.write_json(spec["result_path"], result)
     return 0 if result["status"] == "ok" else 1
 
 
@@ -50,8 +50,8 @@ def is_user_error(error):
         return True
     # Looked up, not imported: a worker that failed before loading data need not pay for
     # TensorFlow's import just to say so.
-    data = sys.modules.get("kerasvit.data")
-    return data is not None and isinstance(error, data.DataError)
+    cifar = sys.modules.get("kerasvit.data.cifar")
+    return cifar is not None and isinstance(error, cifar.DataError)
 
 
 def peak_rss_mb():
@@ -70,10 +70,12 @@ def train_mode(spec):
     keras_imported = time.time()
     if keras.backend.backend() != backend:
         raise RuntimeError(f"keras runs on {keras.backend.backend()}, not {backend}")
-    from kerasvit import models, runs, training
+    from kerasvit import models
+    from kerasvit.runs import environment
+    from kerasvit.training import precision, recipe
 
     check_model_args(config, models.get_spec(config.model).builder)
-    precision = training.set_precision(config.mixed_precision, backend)
+    precision = precision.set_precision(config.mixed_precision, backend)
     started = time.perf_counter()
     splits = load_splits(config, spec["test_images"])
     data_load_s = time.perf_counter() - started
@@ -92,8 +94,8 @@ def train_mode(spec):
 
     import_s = keras_imported - spec["spawn_time"]
     return {
-        "env": runs.collect_env(backend),
-        "jit_compile": training.resolve_jit_compile(config.jit_compile, backend),
+        "env": environment.collect_env(backend),
+        "jit_compile": recipe.resolve_jit_compile(config.jit_compile, backend),
         "mixed_precision": precision["enabled"],
         "mixed_precision_reason": precision["reason"],
         "import_s": import_s,
@@ -107,9 +109,9 @@ def train_mode(spec):
 
 
 def load_splits(config, test_images):
-    from kerasvit import data
+    from kerasvit.data import cifar
 
-    splits = data.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
+    splits = cifar.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
     if test_images:
         images, labels = splits["test"]
         splits["test"] = (images[:test_images], labels[:test_images])
@@ -119,11 +121,11 @@ def load_splits(config, test_images):
 def train_and_evaluate(model, config, splits, backend):
     """One seed: fit with step timing (no run-folder files, whose writes would only add
     noise), then the test set with batch timing."""
-    from kerasvit import training
+    from kerasvit.training import loop
 
-    history, monitor = training.fit(model, config, splits, backend)
+    history, monitor = loop.fit(model, config, splits, backend)
     eval_timer = make_eval_timer()
-    test = training.evaluate_test(model, config, splits, callbacks=[eval_timer])
+    test = loop.evaluate_test(model, config, splits, callbacks=[eval_timer])
     val_history = history.history.get("val_accuracy") or [None]
     return {
         "first_step_s": monitor.first_step_s,
@@ -157,13 +159,14 @@ def save_reference(model, splits, spec):
     """Saves the model, the probe images and this backend's logits on them, for `check`."""
     import numpy as np
 
-    from kerasvit import data, runs
+    from kerasvit.data import stream
+    from kerasvit.runs import folders
 
     out = Path(spec["model_dir"])
-    runs.save_model(model, out / "model.keras")
+    folders.save_model(model, out / "model.keras")
     probe = splits["test"][0][: spec["probe_images"]]
     np.save(out / "probe_images.npy", probe)
-    images = data.prepare_images(probe, model.input_shape[1:3])
+    images = stream.prepare_images(probe, model.input_shape[1:3])
     np.save(out / "probe_logits.npy", np.asarray(model.predict(images, verbose=0), "float32"))
 
 
@@ -172,7 +175,7 @@ def check_mode(spec):
     import keras
     import numpy as np
 
-    from kerasvit import loading
+    from kerasvit.runs import loading
 
     checks = {}
     for saved_by, model_dir in spec["model_dirs"].items():
@@ -198,9 +201,9 @@ def prepare_probe(images, image_size):
     if tuple(images.shape[1:3]) == tuple(image_size):
         return images.astype("float32")
     # Only resizing needs the tf.data module, whose TensorFlow import costs seconds.
-    from kerasvit import data
+    from kerasvit.data import stream
 
-    return data.prepare_images(images, image_size)
+    return stream.prepare_images(images, image_size)
 
 
 def softmax(logits):

@@ -1,0 +1,113 @@
+"""CIFAR-10 from tensorflow-datasets: loading (offline from a TFDS folder, or the
+real download), the stratified train/validation split and per-class subsets."""
+
+import functools
+import os
+
+import numpy as np
+
+from kerasvit.errors import UserError
+
+NUM_CLASSES = 10
+SPLIT_SEED = 0  # The train/validation split never changes with the training seed.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"  # tfds' source
+
+
+class DataError(UserError, RuntimeError):
+    """The data cannot be loaded or split as asked; the message is shown as one line."""
+
+
+def resolve_data_dir(data_dir=""):
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+@functools.lru_cache(maxsize=2)
+def load_cifar10(data_dir=None):
+    """Returns {"train": (images, labels), "test": (images, labels)} as numpy uint8/int64."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    if not builder.is_prepared():
+        download(builder, data_dir)
+    splits = {}
+    for split in ("train", "test"):
+        dataset = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+        images, labels = tfds.as_numpy(dataset)
+        splits[split] = (images, labels.astype(np.int64))
+    return splits
+
+
+def download(builder, data_dir):
+    where = data_dir or "TFDS's default folder (~/tensorflow_datasets)"
+    # Offline, tfds retries for minutes before it gives up: probe the host first.
+    reason = unreachable_reason(CIFAR10_URL)
+    if reason is None:
+        try:
+            builder.download_and_prepare()
+            return
+        except Exception as error:  # tfds raises many types; all mean "no data here".
+            reason = type(error).__name__
+    raise DataError(
+        f"CIFAR-10 is not in {where} and could not be downloaded ({reason}); pass "
+        "--data-dir DIR or set TFDS_DATA_DIR to a folder that holds cifar10/3.0.2"
+    )
+
+
+def unreachable_reason(url, timeout_s=10):
+    """None if `url` answers (proxies honoured, like tfds), else a short reason."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        # A fresh opener reads the proxy settings now; urlopen's global one keeps its first.
+        opener = urllib.request.build_opener()
+        opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout_s)
+        return None
+    except urllib.error.HTTPError:
+        return None  # The host answered; let tfds do the real download.
+    except (urllib.error.URLError, OSError) as error:
+        return f"no connection to {url.split('/')[2]}: {getattr(error, 'reason', error)}"
+
+
+def split_train_validation(labels, validation_size):
+    """Stratified, seed-fixed split of the training indices into (train, validation)."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(labels))
+    if validation_size == 0:
+        return indices, indices[:0]
+    if validation_size >= len(labels):
+        raise DataError(
+            f"validation_size {validation_size} leaves no training images "
+            f"(the train split has {len(labels)}); use a smaller --set validation_size"
+        )
+    train, validation = train_test_split(
+        indices, test_size=validation_size, stratify=labels, random_state=SPLIT_SEED
+    )
+    return np.sort(train), np.sort(validation)
+
+
+def take_per_class(indices, labels, per_class):
+    """The first `per_class` indices of each class, in their original order."""
+    counts = np.bincount(labels[indices], minlength=NUM_CLASSES)
+    if per_class > counts.min():
+        raise DataError(
+            f"subset_per_class {per_class} is larger than the {counts.min()} training "
+            f"images per class available; use at most {counts.min()}"
+        )
+    chosen = [indices[labels[indices] == c][:per_class] for c in range(NUM_CLASSES)]
+    return np.sort(np.concatenate(chosen))
+
+
+def load_splits(data_dir="", validation_size=5000, subset_per_class=0):
+    """Returns {"train", "validation", "test"}: (uint8 images, int64 labels) each."""
+    cifar = load_cifar10(resolve_data_dir(data_dir))
+    images, labels = cifar["train"]
+    train_idx, val_idx = split_train_validation(labels, validation_size)
+    if subset_per_class:
+        train_idx = take_per_class(train_idx, labels, subset_per_class)
+    return {
+        "train": (images[train_idx], labels[train_idx]),
+        "validation": (images[val_idx], labels[val_idx]),
+        "test": cifar["test"],
+    }

@@ -1,0 +1,3 @@
+from kerasvit.cli.explain import main
+
+main()
