@@ -52,7 +52,7 @@ def report(tiny_runs):
     base, run_dirs = tiny_runs
     cnn_evaluated_at = read_json(run_dirs["cnn"] / "metrics.json")["evaluation"]["evaluated_at"]
     out_dir = leaderboard.main([*map(str, run_dirs.values()), "--out", str(base / "reports"),
-                                   *EVALUATION_FLAGS])
+                                *EVALUATION_FLAGS])
     return out_dir, run_dirs, cnn_evaluated_at
 
 

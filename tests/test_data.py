@@ -41,7 +41,7 @@ def test_real_cifar_splits(cifar_splits):
 def test_pipeline_yields_float_images_and_one_hot_labels(cifar_splits, augmentation, size):
     images, labels = cifar_splits["train"]
     dataset = stream.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
-                                augmentation=augmentation)
+                                  augmentation=augmentation)
     batches = list(dataset.as_numpy_iterator())
     assert len(batches) == 4
     x, y = batches[0]
@@ -79,7 +79,7 @@ def test_augmentation_is_reproducible_per_seed_and_new_each_epoch(cifar_splits, 
 
     def two_epochs(seed):
         dataset = stream.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
-                                    augmentation=augmentation, seed=seed)
+                                      augmentation=augmentation, seed=seed)
         return [[x for x, _ in dataset.as_numpy_iterator()] for _ in range(2)]
 
     first, again, other_seed = two_epochs(3), two_epochs(3), two_epochs(4)

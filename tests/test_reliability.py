@@ -837,7 +837,7 @@ def test_code_that_the_scan_misses_is_still_refused_by_keras_safe_mode(lambda_mo
 def test_every_model_loading_cli_has_unsafe_load(program):
     import importlib
 
-    module = importlib.import_module(f"kerasvit.{program}")
+    module = importlib.import_module(f"kerasvit.cli.{program}")
     argv = ["--model", "m.keras", "x.png"] if program == "predict" else ["m.keras"]
     assert module.parse_args([*argv, "--unsafe-load"]).unsafe_load is True
     assert module.parse_args(argv).unsafe_load is False
@@ -849,7 +849,7 @@ def test_explain_and_demo_refuse_a_lambda_layer(program, lambda_model, capsys):
 
     path, marker = lambda_model
     with pytest.raises(SystemExit) as refused:
-        importlib.import_module(f"kerasvit.{program}").main([str(path)])
+        importlib.import_module(f"kerasvit.cli.{program}").main([str(path)])
     assert refused.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--unsafe-load" in lines[0], lines
@@ -878,7 +878,7 @@ def test_no_pickle_or_unsafe_loading_in_the_package():
                 if re.search(pattern, code):
                     found.append(f"{path.relative_to(REPO)}:{number}: {what}: {line.strip()}")
     assert not found, "\n".join(found)
-    assert "safe_mode=not unsafe_load" in (KERASVIT / "loading.py").read_text()
+    assert "safe_mode=not unsafe_load" in (KERASVIT / "runs" / "loading.py").read_text()
 
 
 def test_demo_listens_on_localhost_unless_told_otherwise():

@@ -149,7 +149,7 @@ def evaluate(args, backend):
     if args.tta:
         method = args.tta_method or config.get("tta_method", "flip")
         evaluation["tta"] = tta.tta_evaluation(model, images, labels, args.batch_size, logits,
-                                           method=method)
+                                               method=method)
     evaluation.update(timing.measure_speed(model, images, args.batch_size, args.timing_repeats))
 
     history = figures.read_history(run_dir / "history.csv") if run_dir else None

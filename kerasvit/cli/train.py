@@ -293,7 +293,7 @@ def open_run_dir(config, backend, args, distributed, chosen_precision):
         run_dir = folders.new_run_dir(config.model, backend, args.run_dir or worker_dir)
         folders.write_json(run_dir / "config.json", config.to_dict())
         folders.write_json(run_dir / "env.json", {**environment.collect_env(backend), "distribution": distributed,
-                                               "mixed_precision": chosen_precision})
+                                                  "mixed_precision": chosen_precision})
         return run_dir, None
     run_dir = Path(args.resume)
     folders.remove_partial_files(run_dir)

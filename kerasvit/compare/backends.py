@@ -270,7 +270,7 @@ def build_report(config, seeds, backends, results, load_checks, command):
         "versions": environment.package_versions(),
         "method": backend_report.METHOD,
         "results": {backend: backend_report.summarise(results[backend], config.batch_size,
-                                                     load_checks.get(backend))
+                                                      load_checks.get(backend))
                     for backend in backends},
         "load_check": load_checks,
     }

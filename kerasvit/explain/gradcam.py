@@ -2,6 +2,7 @@
 weighted by the spatial mean of the class score's gradient, through ReLU. The gradient is
 the one backend-specific step (kerasvit.backend_ops)."""
 
+
 def split_at(model, layer_name):
     """(images -> feature map, feature map -> logits), sharing the model's layers."""
     import keras

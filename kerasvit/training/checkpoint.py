@@ -123,7 +123,7 @@ def save_backup(model, backup_dir, epochs_done):
     # The temporary name must end in .weights.h5 too (Keras checks) but not match
     # BACKUP_PATTERN.
     folders.write_atomically(final, write, name=f"backup-{epochs_done}-partial",
-                          temporary=backup_dir / f".partial-{epochs_done:05d}.weights.h5")
+                             temporary=backup_dir / f".partial-{epochs_done:05d}.weights.h5")
     for older in backup_files(backup_dir):
         if older != final:
             older.unlink()

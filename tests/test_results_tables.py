@@ -1,0 +1,46 @@
+"""The README's accuracy tables are generated from results/ (scripts/results_tables.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("results_tables",
+                                                  REPO / "scripts" / "results_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_match_the_committed_results():
+    script = load_script()
+    readme = (REPO / "README.md").read_text()
+    assert script.with_tables(readme, script.blocks()) == readme, (
+        "README.md's results tables are stale: run python scripts/results_tables.py --write")
+
+
+def test_a_run_is_named_by_its_config_file_and_what_it_changed(tmp_path):
+    script = load_script()
+    config = json.loads((REPO / "results/cnn/cnn-tf-s0/config.json").read_text())
+    assert script.recipe_name(config) == "cnn.toml"
+    config.update(batch_size=512, seed=7)  # the seed says which run, not which recipe
+    assert script.recipe_name(config) == "cnn.toml batch_size=512"
+
+
+def test_seeds_of_one_recipe_are_summarised_as_mean_and_spread(tmp_path):
+    script = load_script()
+    source = REPO / "results/cnn/cnn-torch-s0"
+    for seed, accuracy in ((0, 0.80), (1, 0.90)):
+        run = tmp_path / f"run-{seed}"
+        run.mkdir()
+        config = json.loads((source / "config.json").read_text()) | {"seed": seed}
+        metrics = json.loads((source / "metrics.json").read_text()) | {"test_accuracy": accuracy}
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "env.json").write_text((source / "env.json").read_text())
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "unfinished").mkdir()  # no metrics.json: left out
+    summary = script.table(tmp_path).splitlines()[-1]
+    assert summary.startswith("| cnn.toml | torch | 2 | 85.00 +- 7.07 |"), summary
