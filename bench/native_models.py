@@ -3,7 +3,7 @@ Hugging Face ViT-B/16 used as the native baseline for `vit_b16`.
 
 Same layers, widths, initial-value-independent shapes and parameter counts as
 `kerasvit.models.cnn.build_cnn` and `kerasvit.models.vit.build_vit` (checked in
-tests/test_bench.py and by bench/throughput.py at every run). Inputs are float images in
+tests/benchmarks/test_bench.py and by bench/throughput.py at every run). Inputs are float images in
 [0, 255], NCHW (any memory format), normalised inside the model as the Keras models do.
 Also the native counterparts of kerasvit.training.recipe.make_optimizer (AdamW for `adamw`, Nesterov
 SGD with airbench's parameter groups for `nesterov_sgd`) and of its schedules.
@@ -342,7 +342,7 @@ def warmup_cosine(optimizer, warmup_steps, total_steps):
 
 def airbench_hyperparameters(learning_rate, weight_decay, momentum, batch_size):
     """kerasvit.training.optimizers.airbench_hyperparameters (copied: that module imports keras;
-    tests/test_bench.py checks they agree): airbench's per-1024-example lr and decoupled
+    tests/benchmarks/test_bench.py checks they agree): airbench's per-1024-example lr and decoupled
     weight decay -> (step size eta, L2 factor c) for a batch-mean loss."""
     kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
     return learning_rate * batch_size / kilostep_scale, weight_decay / learning_rate

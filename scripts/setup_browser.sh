@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the demo's browser test (tests/test_demo.py) needs: Debian's Chromium at
+# Installs what the demo's browser test (tests/cli/test_demo.py) needs: Debian's Chromium at
 # /usr/bin/chromium and the Playwright Python client in .venv, which drives that Chromium
 # (Playwright's own browser download does not work offline, so none is fetched).
 # Idempotent and quick when both are there. It never fails the caller: where something

@@ -187,7 +187,7 @@ TINY = tuple(TINY_TRAIN_FLAGS)
 
 BAD_INPUTS = [
     # ---- train: flags and config (model_args.* names are checked against the builder after
-    # the keras import: test_train_cli.py runs that row in-process)
+    # the keras import: test_train.py runs that row in-process)
     BadInput("unknown-model", "train", ("--model", "resnet"), "invalid choice: 'resnet'",
              "choose from"),
     BadInput("unknown-backend", "train", ("--model", "cnn"), "unknown backend KERAS_BACKEND='mxnet'",
@@ -384,7 +384,7 @@ def full_location(tmp_path):
 
 @pytest.fixture(scope="module")
 def reference_run(tiny_cnn_run):
-    """The unbroken tiny run (shared with test_train_cli.py)."""
+    """The unbroken tiny run (shared with test_train.py)."""
     return tiny_cnn_run[2]
 
 

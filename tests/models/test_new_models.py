@@ -1,5 +1,5 @@
 """resnet18 and mobilenet: CIFAR shapes and sizes, learning on real CIFAR-10, `.keras` round
-trip and Grad-CAM, on whichever backend KERAS_BACKEND names (as tests/test_models.py does
+trip and Grad-CAM, on whichever backend KERAS_BACKEND names (as tests/models/test_models.py does
 for cnn and vit)."""
 
 import keras

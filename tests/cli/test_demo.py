@@ -26,7 +26,7 @@ from trained_run import tiny_vit_run
 from kerasvit import CLASS_NAMES
 from kerasvit.cli import demo, predict
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 # As the machine notes advise: no background connections (the network is closed here).
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run",

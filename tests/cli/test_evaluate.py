@@ -15,7 +15,7 @@ from trained_run import tiny_vit_run
 from kerasvit.cli import evaluate
 from kerasvit.evaluation import classification
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIGURES = ("confusion_matrix", "per_class_accuracy", "training_curves", "mistakes", "samples")
 
 

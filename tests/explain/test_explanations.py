@@ -2,7 +2,7 @@
 and the explain CLI. Tiny random-weight models keep it fast; the maps' math does not need
 a trained model, and the synthetic Grad-CAM case has a known answer.
 
-Also a worker script: `python tests/test_explain.py OUT.npz IMAGES.npy MODEL.keras...`
+Also a worker script: `python tests/explain/test_explanations.py OUT.npz IMAGES.npy MODEL.keras...`
 computes the maps on $KERAS_BACKEND, for the cross-backend test.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("tensorflow", "jax", "torch")
 MAP_KEYS = ("gradcam", "rollout", "layers", "predicted")
 
