@@ -15,36 +15,12 @@ import numpy as np
 
 def attention_scores(model, model_name, images):
     """Every encoder layer's attention probabilities for `images` (float, [0, 255], at the
-    model's input size): a list of numpy arrays (batch, heads, tokens, tokens)."""
-    if model_name == "vit_b16":
-        _, scores = keras_hub_vit_scores(model, images)
-    else:
-        from kerasvit.models.vit import attention_scores as scratch_vit_scores
+    model's input size): a list of numpy arrays (batch, heads, tokens, tokens). Where they
+    come from is the model's business (its registry entry's `attention_scores`)."""
+    from kerasvit.models import get_spec
 
-        scores = scratch_vit_scores(model, keras.ops.convert_to_tensor(images, "float32"))
+    scores = get_spec(model_name).attention_scores(model, images)
     return [keras.ops.convert_to_numpy(s).astype("float32") for s in scores]
-
-
-def keras_hub_vit_scores(classifier, images):
-    """Runs a keras-hub `ViTImageClassifier`'s backbone block by block, asking each block's
-    own attention layer for its scores (keras-hub's `ViTEncoderBlock` discards them).
-
-    Returns (the encoder's output tokens, the list of score tensors). The block is
-    recomputed exactly as `ViTEncoderBlock.call` does it, so the tokens match
-    `classifier.backbone(...)`; tests check this.
-    """
-    pixels = classifier.preprocessor.image_converter(images)  # resize + rescale
-    backbone = classifier.backbone
-    tokens = backbone.get_layer("vit_patching_and_embedding")(pixels)
-    encoder = backbone.get_layer("vit_encoder")
-    scores = []
-    for block in encoder.encoder_layers:
-        normed = block.layer_norm_1(tokens)
-        attended, block_scores = block.mha(normed, normed, return_attention_scores=True)
-        tokens = tokens + block.dropout(attended)
-        tokens = tokens + block.mlp(block.layer_norm_2(tokens))
-        scores.append(block_scores)
-    return encoder.layer_norm(tokens), scores
 
 
 def class_token_maps(scores, grid_shape):

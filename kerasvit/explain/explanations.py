@@ -49,7 +49,7 @@ def explain_batch(model, model_name, images, class_index=None):
     """
     import numpy as np
 
-    from kerasvit.models.cnn import last_conv_layer_name
+    from kerasvit.models import get_spec
 
     method = explain_method(model_name)
     images = np.asarray(images, dtype="float32")
@@ -59,7 +59,8 @@ def explain_batch(model, model_name, images, class_index=None):
     if method == "gradcam":
         explained = result["predicted"] if class_index is None else np.full(len(images), class_index)
         result["explained"] = explained
-        result["gradcam"] = gradcam.grad_cam(model, images, explained, last_conv_layer_name(model))
+        result["gradcam"] = gradcam.grad_cam(model, images, explained,
+                                             get_spec(model_name).gradcam_layer(model))
     else:
         result.update(attention_maps(model, model_name, images))
     return result

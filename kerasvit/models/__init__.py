@@ -1,8 +1,23 @@
-"""Model registry: name -> builder. Every builder takes explicit keyword arguments and
-returns a Keras model that maps float32 images in [0, 255] to class logits."""
+"""Model registry: name -> the module that defines the model.
+
+Every model module exports `SPEC`, a `ModelSpec`: its builder (explicit keyword arguments;
+float32 images in [0, 255] -> class logits), the small arguments its tests build it with, and
+what kerasvit.explain uses: the layer whose feature map Grad-CAM weighs, or a function that
+returns the attention scores of every encoder block.
+"""
 
 import dataclasses
-from typing import Callable
+import importlib
+from typing import Callable, Optional
+
+MODEL_MODULES = {
+    "cnn": "kerasvit.models.cnn",
+    "vit": "kerasvit.models.vit",
+    "vit_b16": "kerasvit.models.vit_b16",
+    "resnet18": "kerasvit.models.resnet",
+    "mobilenet": "kerasvit.models.mobilenet",
+}
+MODEL_NAMES = tuple(MODEL_MODULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -10,34 +25,33 @@ class ModelSpec:
     name: str
     builder: Callable
     description: str
-    explain_method: str  # "gradcam" or "attention": what kerasvit.explain uses.
+    # Builder arguments of a small but real version, for the tests (None: the model has its
+    # own, e.g. vit_b16 needs a preset the tests save first).
+    tiny_args: Optional[dict] = None
+    # model -> name of the layer whose output Grad-CAM explains.
+    gradcam_layer: Optional[Callable] = None
+    # (model, float images in [0, 255]) -> list of (batch, heads, tokens, tokens) scores.
+    attention_scores: Optional[Callable] = None
+
+    @property
+    def explain_method(self):
+        return "gradcam" if self.gradcam_layer else "attention"
 
 
-def _registry():
-    # Builders are imported here, not at module level, so that `kerasvit.models` can be
-    # listed (e.g. for --help) before keras is imported.
-    from kerasvit.models.cnn import build_cnn
-    from kerasvit.models.mobilenet import build_mobilenet
-    from kerasvit.models.resnet import build_resnet18
-    from kerasvit.models.vit import build_vit
-    from kerasvit.models.vit_b16 import build_vit_b16
-
-    return {
-        "cnn": ModelSpec("cnn", build_cnn, "airbench-style CNN for 32x32, ~1.2M params", "gradcam"),
-        "vit": ModelSpec("vit", build_vit, "ViT from Keras layers for 32x32 (patch 4), ~1.8M params", "attention"),
-        "vit_b16": ModelSpec("vit_b16", build_vit_b16, "keras-hub ViT-B/16 fine-tuned at 224x224, ~86M params", "attention"),
-        "resnet18": ModelSpec("resnet18", build_resnet18, "CIFAR ResNet-18 (3x3 stem, no max-pool), ~11.2M params", "gradcam"),
-        "mobilenet": ModelSpec("mobilenet", build_mobilenet, "MobileNetV2 with CIFAR strides for 32x32, ~2.3M params", "gradcam"),
-    }
-
-
-MODEL_NAMES = ("cnn", "vit", "vit_b16", "resnet18", "mobilenet")
+def pooled_feature_map(model):
+    """The layer whose output the model's `features` layer pools: the last feature map of
+    a CNN whose head sits on a global pool named `features` (timm's split of features and
+    head), which is what Grad-CAM explains."""
+    pooled = model.get_layer("features").input
+    return next(layer.name for layer in model.layers if layer.output is pooled)
 
 
 def get_spec(name):
-    if name not in MODEL_NAMES:
+    # Modules are imported here, not at the top, so that `kerasvit.models` can be listed
+    # (e.g. for --help) before keras is imported.
+    if name not in MODEL_MODULES:
         raise KeyError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    return _registry()[name]
+    return importlib.import_module(MODEL_MODULES[name]).SPEC
 
 
 def build_model(name, **kwargs):

@@ -19,6 +19,7 @@ Choices that differ from a textbook CNN, and why (airbench's ablations):
 
 import keras
 
+from kerasvit.models import ModelSpec, pooled_feature_map
 from kerasvit.models.cnn_layers import PartialIdentity, PatchWhitening
 
 # Per-channel statistics of the CIFAR-10 training images, in [0, 255].
@@ -27,7 +28,7 @@ CIFAR_VARIANCE = (62.99**2, 62.09**2, 66.70**2)
 
 
 def conv_block(x, filters, batch_norm_momentum, name):
-    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU; `{name}_b_act` is its output."""
+    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU."""
     for part, pool in (("a", True), ("b", False)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                 kernel_initializer=PartialIdentity(),
@@ -49,9 +50,8 @@ def build_cnn(
     batch_norm_momentum=0.6,
     logit_scale=1 / 9,
 ):
-    """Builds the CNN. The last block's activation, `block{len(widths)}_b_act`, is the
-    feature map used for Grad-CAM (see `last_conv_layer_name`). Train it through
-    kerasvit.training.loop.fit, which adapts the whitening layer to the training images first."""
+    """Builds the CNN. Train it through kerasvit.training.loop.fit, which adapts the
+    whitening layer to the training images first."""
     inputs = keras.Input(shape=tuple(image_shape), name="images")
     x = keras.layers.Normalization(mean=CIFAR_MEAN, variance=CIFAR_VARIANCE, name="normalize")(inputs)
     x = PatchWhitening(kernel_size=whitening_kernel_size, name="whiten")(x)
@@ -66,7 +66,10 @@ def build_cnn(
     return keras.Model(inputs, outputs, name="cnn")
 
 
-def last_conv_layer_name(model):
-    """Name of the last convolutional block's output (the Grad-CAM feature map)."""
-    names = [layer.name for layer in model.layers if layer.name.endswith("_b_act")]
-    return names[-1]
+SPEC = ModelSpec(
+    name="cnn",
+    builder=build_cnn,
+    description="airbench94's CNN for 32x32, ~2.0M params",
+    tiny_args={"widths": [16, 32, 64]},
+    gradcam_layer=pooled_feature_map,
+)

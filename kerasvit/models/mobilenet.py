@@ -21,6 +21,7 @@ defaults are the paper's table 2 with strides (1, 1, 2, 2, 1, 2, 1) and a stride
 
 import keras
 
+from kerasvit.models import ModelSpec, pooled_feature_map
 from kerasvit.models.cnn import CIFAR_MEAN, CIFAR_VARIANCE
 
 # As in cnn.py: short runs have few steps to settle the moving statistics.
@@ -89,11 +90,21 @@ def build_mobilenet(
             # Only a stage's first block changes the resolution.
             x = inverted_residual(x, expansion, filters, strides if block == 1 else 1,
                                   name=f"stage{stage}_block{block}")
-    # Named *_b_act because kerasvit.models.cnn.last_conv_layer_name, which picks the
-    # Grad-CAM feature map for explain, takes the last layer whose name ends so.
     x = conv_bn(x, last_layer_filter, name="top", activation=False)
     x = keras.layers.ReLU(max_value=6.0, name="top_b_act")(x)
     features = keras.layers.GlobalAveragePooling2D(name="features")(x)
     features = keras.layers.Dropout(dropout_rate, name="dropout")(features)
     outputs = keras.layers.Dense(num_classes, dtype="float32", name="head")(features)
     return keras.Model(inputs, outputs, name="mobilenet")
+
+
+SPEC = ModelSpec(
+    name="mobilenet",
+    builder=build_mobilenet,
+    description="MobileNetV2 with CIFAR strides for 32x32, ~2.3M params",
+    tiny_args={"input_num_filters": 8, "stackwise_expansion": [1, 4, 4, 4],
+               "stackwise_num_filters": [8, 16, 24, 32], "stackwise_num_blocks": [1, 1, 1, 1],
+               "stackwise_num_strides": [1, 2, 2, 2], "last_layer_filter": 64,
+               "dropout_rate": 0.0},
+    gradcam_layer=pooled_feature_map,
+)

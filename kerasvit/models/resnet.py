@@ -10,6 +10,7 @@ With the defaults it has ~11.2M parameters. Argument names follow keras-hub's
 
 import keras
 
+from kerasvit.models import ModelSpec, pooled_feature_map
 from kerasvit.models.cnn import CIFAR_MEAN, CIFAR_VARIANCE
 
 # momentum 0.9 rather than Keras's 0.99, as in cnn.py: short runs have few steps to settle
@@ -52,8 +53,8 @@ def build_resnet18(
     stackwise_num_strides=(1, 2, 2, 2),
     dropout_rate=0.0,
 ):
-    """Builds the CIFAR ResNet. The last block's output, `stage{S}_block{B}_b_act`, is the
-    4x4 feature map Grad-CAM uses: `kerasvit.models.cnn.last_conv_layer_name` finds it."""
+    """Builds the CIFAR ResNet. The last block's output, a 4x4 map, is what Grad-CAM
+    explains (the `features` layer pools it)."""
     stages = (stackwise_num_filters, stackwise_num_blocks, stackwise_num_strides)
     if len({len(values) for values in stages}) != 1:
         raise ValueError("stackwise_num_filters, stackwise_num_blocks and stackwise_num_strides "
@@ -70,3 +71,14 @@ def build_resnet18(
     features = keras.layers.Dropout(dropout_rate, name="dropout")(features)
     outputs = keras.layers.Dense(num_classes, dtype="float32", name="head")(features)
     return keras.Model(inputs, outputs, name="resnet18")
+
+
+SPEC = ModelSpec(
+    name="resnet18",
+    builder=build_resnet18,
+    description="CIFAR ResNet-18 (3x3 stem, no max-pool), ~11.2M params",
+    # Tiny widths and one block per stage, strides as in the default (a 4x4 map at the end).
+    tiny_args={"input_conv_filters": 16, "stackwise_num_filters": [16, 32, 64, 128],
+               "stackwise_num_blocks": [1, 1, 1, 1]},
+    gradcam_layer=pooled_feature_map,
+)

@@ -6,6 +6,7 @@ image -> normalise -> patches -> [class token; patches] + positions -> pre-norm 
 
 import keras
 
+from kerasvit.models import ModelSpec
 from kerasvit.models.cnn import CIFAR_MEAN, CIFAR_VARIANCE
 from kerasvit.models.vit_layers import (
     ClassTokenAndPositions,
@@ -70,7 +71,7 @@ def attention_scores(model, images):
 
     Reuses the model's own layers and weights, so it cannot drift from the trained model.
     """
-    x = model.get_layer("normalize")(images)
+    x = model.get_layer("normalize")(keras.ops.convert_to_tensor(images, "float32"))
     x = model.get_layer("patch_embedding")(x)
     x = model.get_layer("class_token_and_positions")(x)
     scores = []
@@ -78,3 +79,13 @@ def attention_scores(model, images):
         x, block_scores = block(x, return_attention_scores=True)
         scores.append(block_scores)
     return scores
+
+
+SPEC = ModelSpec(
+    name="vit",
+    builder=build_vit,
+    description="ViT from Keras layers for 32x32 (patch 4), ~1.8M params",
+    tiny_args={"patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 64,
+               "mlp_dim": 128, "drop_path_rate": 0.0},
+    attention_scores=attention_scores,
+)

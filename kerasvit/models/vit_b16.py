@@ -8,6 +8,7 @@ stays attached to the model as its preprocessor, so the model takes raw [0, 255]
 import os
 
 from kerasvit.errors import UserError
+from kerasvit.models import ModelSpec
 
 DEFAULT_PRESET = "vit_base_patch16_224_imagenet21k"
 FINETUNE_MODES = ("full", "linear")
@@ -91,3 +92,38 @@ def default_preprocessor(backbone, keras_hub):
         image_size=(height, width), scale=1 / 127.5, offset=-1.0
     )
     return keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)
+
+
+def keras_hub_vit_scores(classifier, images):
+    """Runs a keras-hub `ViTImageClassifier`'s backbone block by block, asking each block's
+    own attention layer for its scores (keras-hub's `ViTEncoderBlock` discards them).
+
+    Returns (the encoder's output tokens, the list of score tensors). The block is
+    recomputed exactly as `ViTEncoderBlock.call` does it, so the tokens match
+    `classifier.backbone(...)`; tests check this.
+    """
+    pixels = classifier.preprocessor.image_converter(images)  # resize + rescale
+    backbone = classifier.backbone
+    tokens = backbone.get_layer("vit_patching_and_embedding")(pixels)
+    encoder = backbone.get_layer("vit_encoder")
+    scores = []
+    for block in encoder.encoder_layers:
+        normed = block.layer_norm_1(tokens)
+        attended, block_scores = block.mha(normed, normed, return_attention_scores=True)
+        tokens = tokens + block.dropout(attended)
+        tokens = tokens + block.mlp(block.layer_norm_2(tokens))
+        scores.append(block_scores)
+    return encoder.layer_norm(tokens), scores
+
+
+def attention_scores(classifier, images):
+    """Every encoder block's attention probabilities (see `keras_hub_vit_scores`)."""
+    return keras_hub_vit_scores(classifier, images)[1]
+
+
+SPEC = ModelSpec(
+    name="vit_b16",
+    builder=build_vit_b16,
+    description="keras-hub ViT-B/16 fine-tuned at 224x224, ~86M params",
+    attention_scores=attention_scores,
+)

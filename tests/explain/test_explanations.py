@@ -102,7 +102,7 @@ def test_attention_rows_sum_to_one_and_maps_have_grid_shape(loaded, images, name
 def test_keras_hub_recomputation_matches_backbone(loaded, images):
     import keras
 
-    from kerasvit.explain.attention import keras_hub_vit_scores
+    from kerasvit.models.vit_b16 import keras_hub_vit_scores
 
     classifier = loaded["vit_b16"]
     tokens, _ = keras_hub_vit_scores(classifier, images)
@@ -170,10 +170,11 @@ def test_gradcam_peaks_where_the_class_evidence_is(red_quadrant):
 
 def test_gradcam_has_the_feature_map_shape_and_is_not_negative(loaded, images):
     from kerasvit.explain.gradcam import grad_cam
-    from kerasvit.models.cnn import last_conv_layer_name
+    from kerasvit.models import get_spec
 
-    model = loaded["cnn"]
-    layer = last_conv_layer_name(model)
+    model = loaded["cnn"]  # loaded from .keras: the layer is found from the saved graph
+    layer = get_spec("cnn").gradcam_layer(model)
+    assert layer == "block3_b_act"
     heat = grad_cam(model, images, [0, 1, 2], layer)
     assert heat.shape == (3, *model.get_layer(layer).output.shape[1:3])
     assert heat.shape == (3, 3, 3)  # 32 -> 31 (2x2 whitening) -> 15 -> 7 -> 3
