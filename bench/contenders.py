@@ -6,7 +6,7 @@ kind:
   native   plain PyTorch (bench/native_models.py) or Hugging Face transformers (vit_b16).
   preview  a kerasvit model with one change that kerasvit does not have yet, built here to
            measure a suggested speed-up; never counted as "best keras".
-  pipeline kerasvit.data.stream.make_dataset on CIFAR-10 with augmentation (images/s, no model).
+  pipeline kerasvit.data.stream.training_stream on CIFAR-10 with augmentation (images/s, no model).
 
 group: contenders of one group share one worker process (one backend per process, since
 Keras fixes it at import). Every torch.compile contender and the previews get processes of

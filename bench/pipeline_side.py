@@ -1,7 +1,7 @@
 """Data for every contender, and the input-pipeline measurement (TensorFlow only).
 
 The batches all contenders train on are the first few batches of kerasvit's own training
-pipeline (`kerasvit.data.stream.make_dataset` on the CIFAR-10 train split, with the model's
+pipeline (`kerasvit.data.stream.training_stream` on the CIFAR-10 train split, with the model's
 augmentation, at the model's input size), saved once so that every process trains on the
 identical images.
 """
@@ -41,10 +41,11 @@ class Pipeline:
         self.load_s = time.perf_counter() - started
         self.num_images = len(images)
         config = spec["config"]
-        self.dataset = stream.make_dataset(
+        # What training reads: kerasvit.data.stream.training_stream, epoch after epoch.
+        self.dataset = stream.training_stream(
             images, labels, image_size=spec["image_size"], batch_size=self.batch_size,
-            training=True, augmentation=config["augmentation"], seed=config["seed"],
-        ).repeat()
+            steps=len(images) // self.batch_size, augmentation=config["augmentation"],
+            seed=config["seed"], epochs=1_000_000)
 
     def write_batches(self, path, count, scale_to_unit):
         """The first `count` training batches as numpy, for the model contenders."""

@@ -87,7 +87,7 @@ def parse_args(argv=None):
                         "(pipeline: end to end, as kerasvit.train; native still uses memory)")
     parser.add_argument("--synthetic", action="store_true",
                         help="random images instead of CIFAR-10 (tests; the pipeline is still "
-                        "kerasvit's make_dataset)")
+                        "kerasvit's training_stream)")
     parser.add_argument("--synthetic-images", type=int, default=2048)
     parser.add_argument("--data-dir", default="", help="TFDS data dir (default $TFDS_DATA_DIR, "
                         "else ../shared/tensorflow_datasets beside the repo if present)")
@@ -372,7 +372,7 @@ class Bench:
 
     def start_pipeline(self):
         spec = self.spec("pipeline", "pipeline", "tensorflow", [])
-        self.log("preparing the batches (kerasvit.data.stream.make_dataset) and the pipeline worker")
+        self.log("preparing the batches (kerasvit.data.stream.training_stream) and the pipeline worker")
         worker = WorkerProcess("pipeline", spec, self.log_dir)
         self.workers["pipeline"] = worker
         reply = worker.request({"cmd": "setup"}, timeout=self.args.timeout)
@@ -522,7 +522,7 @@ class Bench:
         if self.args.no_pipeline:
             return None
         stats = pipeline_stats(self.pipeline_chunks, self.batch_size)
-        out = {"what": "kerasvit.data.stream.make_dataset(training=True) on the train split: "
+        out = {"what": "kerasvit.data.stream.training_stream on the train split: "
                        "augmentation, one-hot labels, batching, prefetch; batches "
                        "converted to numpy", **(self.pipeline_setup or {})}
         out.pop("versions", None)
@@ -549,7 +549,7 @@ METHOD = (
     "and a chunk of evaluation batches while every other process waits idle; the order "
     "rotates by one each round. The first `settle` steps of every chunk are dropped. "
     "Keras training: model.fit on a tf.data dataset of pre-made real CIFAR-10 batches "
-    "(kerasvit.data.stream.make_dataset output, augmented), compiled by "
+    "(kerasvit.data.stream.training_stream output, augmented), compiled by "
     "kerasvit.training.recipe.compile_model; step time = interval between consecutive "
     "on_train_batch_end calls after float(loss) (device synced; batch fetch included). "
     "Keras evaluation: model.predict_on_batch (as kerasvit.evaluate). Native: "
@@ -747,7 +747,7 @@ def print_list(model):
     for c in contender_defs.all_contenders(model):
         mark = "*" if c["default"] else " "
         print(f"{mark} {c['name']:<48} {c['kind']:<8} {c['backend']:<11} group={c['group']}")
-    print("  pipeline (kerasvit.data.stream.make_dataset), unless --no-pipeline")
+    print("  pipeline (kerasvit.data.stream.training_stream), unless --no-pipeline")
     print("* = run by default")
 
 

@@ -198,7 +198,7 @@ def describe(num_devices, batch_size, hosts):
 
 def evaluation_batch_multiple(batch_size):
     """What every evaluation batch, the last one included, must be a multiple of under the
-    active distribution (see `data.make_dataset(batch_multiple=...)`)."""
+    active distribution (see `kerasvit.data.stream.evaluation_dataset(batch_multiple=...)`)."""
     import keras
 
     distribution = keras.distribution.distribution()
@@ -213,7 +213,7 @@ def evaluation_batch_multiple(batch_size):
 
 
 def images_left_out(num_images, batch_size, multiple):
-    """How many images `make_dataset(..., batch_multiple=multiple)` leaves out."""
+    """How many images `evaluation_dataset(..., batch_multiple=multiple)` leaves out."""
     return (num_images % batch_size) % multiple
 
 

@@ -108,8 +108,8 @@ def test_evaluation_batches_are_trimmed_to_a_multiple_of_the_devices():
     images, labels = np.zeros((10, 32, 32, 3), np.uint8), np.arange(10) % 10
 
     def batch_sizes(multiple):
-        dataset = stream.make_dataset(images, labels, image_size=(32, 32), batch_size=4,
-                                      training=False, batch_multiple=multiple)
+        dataset = stream.evaluation_dataset(images, labels, image_size=(32, 32), batch_size=4,
+                                            batch_multiple=multiple)
         return [int(x.shape[0]) for x, _ in dataset]
 
     assert batch_sizes(1) == [4, 4, 2]

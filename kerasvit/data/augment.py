@@ -55,12 +55,3 @@ def translate_alternating_flip(image, image_size, seed, mirror):
 
 # Augmentations that also take the epoch's mirror decision for the image.
 EPOCH_AUGMENT_FUNCTIONS = {"translate_alternating_flip": translate_alternating_flip}
-
-
-def with_random_mirror(transform):
-    def transform_with_mirror(image, image_size, seed):
-        own_seed, mirror_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        mirror = tf.random.stateless_uniform([], seed=mirror_seed) < 0.5
-        return transform(image, image_size, own_seed, mirror)
-
-    return transform_with_mirror

@@ -58,41 +58,24 @@ def training_stream(images, labels, *, image_size, batch_size, steps, augmentati
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(images, labels, *, image_size, batch_size, training,
-                 augmentation="none", seed=0, batch_multiple=1):
-    """tf.data pipeline of (float32 images in [0, 255], one-hot labels) batches.
+def evaluation_dataset(images, labels, *, image_size, batch_size, batch_multiple=1):
+    """Batches of (float32 images in [0, 255] at `image_size`, one-hot labels), in order,
+    for validation, test and prediction. (Training reads `training_stream`.)
 
     `batch_multiple`: every batch, the last one included, holds a multiple of this many
     images (data-parallel evaluation splits each batch evenly over the devices; see
-    kerasvit.distribution). The few images beyond that are left out; training batches are
-    always full anyway."""
-    if training and len(images) < batch_size:
-        raise cifar.DataError(
-            f"batch_size {batch_size} is larger than the {len(images)} training images; "
-            "lower --batch-size or use more data"
-        )
-    if not training and batch_multiple > 1:
+    kerasvit.distribution); the few images beyond that are left out."""
+    if batch_multiple > 1:
         keep = len(images) - (len(images) % batch_size) % batch_multiple
         images, labels = images[:keep], labels[:keep]
     image_size = tuple(int(s) for s in image_size)
-    transform = augment.AUGMENT_FUNCTIONS.get(augmentation if training else "none")
-    if transform is None:  # an epoch-aware augmentation: here, one epoch of random mirrors
-        transform = augment.with_random_mirror(augment.EPOCH_AUGMENT_FUNCTIONS[augmentation])
 
-    def prepare(example, image_seed):
-        image, label = example
-        image = transform(tf.cast(image, tf.float32), image_size, image_seed)
-        return image, tf.one_hot(label, cifar.NUM_CLASSES)
+    def prepare(image, label):
+        return augment.resize(tf.cast(image, tf.float32), image_size), tf.one_hot(label, cifar.NUM_CLASSES)
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if training:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    # One [2]-int seed per image; a new (deterministic) stream each epoch.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def prepare_images(images, image_size):

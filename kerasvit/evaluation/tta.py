@@ -18,9 +18,8 @@ def predict_logits(model, images, batch_size):
     """Logits for uint8 images, resized to the model's input exactly as in training."""
     from kerasvit.data import stream
 
-    dataset = stream.make_dataset(images, np.zeros(len(images), np.int64),
-                                  image_size=model.input_shape[1:3], batch_size=batch_size,
-                                  training=False)
+    dataset = stream.evaluation_dataset(images, np.zeros(len(images), np.int64),
+                                        image_size=model.input_shape[1:3], batch_size=batch_size)
     verbose = 1 if sys.stdout.isatty() else 0
     return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
 

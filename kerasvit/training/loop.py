@@ -48,9 +48,8 @@ def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
         return empty_history(), monitor  # Killed after training, while saving: nothing to redo.
     val_ds = None
     if len(splits["validation"][0]):
-        val_ds = stream.make_dataset(
+        val_ds = stream.evaluation_dataset(
             *splits["validation"], image_size=image_size, batch_size=config.batch_size,
-            training=False,
             batch_multiple=distribution.evaluation_batch_multiple(config.batch_size))
     history = model.fit(
         train_ds,
@@ -91,8 +90,8 @@ def evaluate_test(model, config, splits, callbacks=()):
     from kerasvit.data import stream
 
     image_size = model.input_shape[1:3]
-    test_ds = stream.make_dataset(
-        *splits["test"], image_size=image_size, batch_size=config.batch_size, training=False,
+    test_ds = stream.evaluation_dataset(
+        *splits["test"], image_size=image_size, batch_size=config.batch_size,
         batch_multiple=distribution.evaluation_batch_multiple(config.batch_size))
     verbose = 1 if sys.stdout.isatty() else 0
     return model.evaluate(test_ds, return_dict=True, verbose=verbose, callbacks=list(callbacks))

@@ -40,8 +40,8 @@ def test_real_cifar_splits(cifar_splits):
 ])
 def test_pipeline_yields_float_images_and_one_hot_labels(cifar_splits, augmentation, size):
     images, labels = cifar_splits["train"]
-    dataset = stream.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
-                                  augmentation=augmentation)
+    dataset = stream.training_stream(images, labels, image_size=size, batch_size=50, steps=4,
+                                     augmentation=augmentation, seed=0, epochs=1)
     batches = list(dataset.as_numpy_iterator())
     assert len(batches) == 4
     x, y = batches[0]
@@ -52,7 +52,7 @@ def test_pipeline_yields_float_images_and_one_hot_labels(cifar_splits, augmentat
 
 def test_evaluation_pipeline_keeps_order_and_every_image(cifar_splits):
     images, labels = cifar_splits["validation"]
-    dataset = stream.make_dataset(images, labels, image_size=(32, 32), batch_size=64, training=False)
+    dataset = stream.evaluation_dataset(images, labels, image_size=(32, 32), batch_size=64)
     seen = np.concatenate([y.argmax(axis=1) for _, y in dataset.as_numpy_iterator()])
     assert np.array_equal(seen, labels)
 
@@ -60,7 +60,8 @@ def test_evaluation_pipeline_keeps_order_and_every_image(cifar_splits):
 def test_batch_larger_than_the_data_is_refused(cifar_splits):
     images, labels = cifar_splits["train"]
     with pytest.raises(cifar.DataError, match="batch_size 512 is larger"):
-        stream.make_dataset(images, labels, image_size=(32, 32), batch_size=512, training=True)
+        stream.training_stream(images, labels, image_size=(32, 32), batch_size=512, steps=1,
+                               augmentation="none", seed=0, epochs=1)
 
 
 def test_missing_data_is_one_clear_error(tmp_path, monkeypatch):
@@ -78,9 +79,10 @@ def test_augmentation_is_reproducible_per_seed_and_new_each_epoch(cifar_splits, 
     images, labels = cifar_splits["train"]
 
     def two_epochs(seed):
-        dataset = stream.make_dataset(images, labels, image_size=size, batch_size=50, training=True,
-                                      augmentation=augmentation, seed=seed)
-        return [[x for x, _ in dataset.as_numpy_iterator()] for _ in range(2)]
+        dataset = stream.training_stream(images, labels, image_size=size, batch_size=50, steps=4,
+                                         augmentation=augmentation, seed=seed, epochs=2)
+        batches = [x for x, _ in dataset.as_numpy_iterator()]
+        return [batches[:4], batches[4:]]
 
     first, again, other_seed = two_epochs(3), two_epochs(3), two_epochs(4)
     for epoch in range(2):
