@@ -19,6 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
+from kerasvit.evaluation import classification
+
 
 def main(argv=None):
     mode, spec_path = sys.argv[1:] if argv is None else argv
@@ -187,7 +189,8 @@ def check_mode(spec):
             logits = np.asarray(model.predict(images, verbose=0), "float32")
             reference = np.load(model_dir / "probe_logits.npy")
             checks[saved_by] = {
-                "max_abs_prob_diff": float(np.abs(softmax(logits) - softmax(reference)).max()),
+                "max_abs_prob_diff": float(np.abs(classification.softmax(logits)
+                                                  - classification.softmax(reference)).max()),
                 "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
             }
         except Exception as error:
@@ -205,12 +208,6 @@ def prepare_probe(images, image_size):
 
     return stream.prepare_images(images, image_size)
 
-
-def softmax(logits):
-    import numpy as np
-
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def make_eval_timer():

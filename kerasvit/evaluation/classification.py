@@ -5,25 +5,30 @@ import numpy as np
 
 
 def softmax(logits):
-    """Row-wise softmax in float64 (stable: the row maximum is subtracted first)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    """Row-wise softmax, in float64 (scipy's: stable for any logit size)."""
+    from scipy import special
+
+    return special.softmax(np.asarray(logits, dtype=np.float64), axis=-1)
 
 
 def cross_entropy(labels, logits):
-    """Mean categorical cross-entropy of integer `labels` under `logits` (no label smoothing)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
+    """Mean categorical cross-entropy of integer `labels` under `logits` (no label
+    smoothing), from scipy's log-softmax (no probabilities clipped, as log_loss would)."""
+    from scipy import special
+
+    log_probabilities = special.log_softmax(np.asarray(logits, dtype=np.float64), axis=-1)
+    return float(-log_probabilities[np.arange(len(labels)), labels].mean())
 
 
 def top_k_accuracy(labels, probabilities, k):
     """Fraction of rows whose true label is among the `k` highest probabilities."""
-    top = np.argsort(-np.asarray(probabilities), axis=-1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=-1)))
+    from sklearn import metrics
+
+    probabilities = np.asarray(probabilities)
+    if k >= probabilities.shape[-1]:
+        return 1.0  # every class is in the top k (scikit-learn warns that this is meaningless)
+    return float(metrics.top_k_accuracy_score(labels, probabilities, k=k,
+                                              labels=np.arange(probabilities.shape[-1])))
 
 
 def classification_metrics(labels, probabilities, class_names):

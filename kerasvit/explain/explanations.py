@@ -4,6 +4,7 @@ Which one a model gets comes from its registry entry (`explain_method`)."""
 
 from kerasvit import CLASS_NAMES
 from kerasvit.errors import UserError
+from kerasvit.evaluation import classification
 from kerasvit.explain import gradcam, overlays
 
 BATCH_SIZE = 16
@@ -54,7 +55,7 @@ def explain_batch(model, model_name, images, class_index=None):
     method = explain_method(model_name)
     images = np.asarray(images, dtype="float32")
     logits = predict_logits(model, images)
-    result = {"method": method, "probabilities": softmax(logits),
+    result = {"method": method, "probabilities": classification.softmax(logits),
               "predicted": logits.argmax(axis=-1), "explained": None}
     if method == "gradcam":
         explained = result["predicted"] if class_index is None else np.full(len(images), class_index)
@@ -98,12 +99,6 @@ def headline_map(result, index):
     """The one map that sums up image `index`: Grad-CAM, or the attention rollout."""
     return result["gradcam" if result["method"] == "gradcam" else "rollout"][index]
 
-
-def softmax(logits):
-    import numpy as np
-
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def class_index_of(class_name):
