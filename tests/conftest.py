@@ -3,6 +3,7 @@ per backend), on the CPU, with the offline CIFAR-10 copy when it is beside the r
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,34 @@ def tiny_cnn_run(tmp_path_factory):
     result = run_train(TINY_TRAIN_FLAGS, cwd)
     (run_dir,) = (cwd / "runs").iterdir()
     return cwd, result, run_dir
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_cnn_run):
+    """The unbroken tiny run's folder (the bad-input, resume and property tests use it)."""
+    return tiny_cnn_run[2]
+
+
+def code_that_creates(marker):
+    # A closure, not a default argument: Keras 3.15 cannot load a lambda's defaults.
+    return lambda t: (open(marker, "a").close(), t / 255.0)[1]
+
+
+@pytest.fixture(scope="session")
+def lambda_model(tmp_path_factory):
+    """A small .keras model with a Lambda layer named 'code' whose Python function, when
+    run, creates the file `marker`: proof of whether loading ran the code."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("lambda")
+    marker = folder / "code-ran"
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Lambda(code_that_creates(str(marker)), name="code")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    path = folder / "lambda.keras"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras warns that lambdas are unsafe: that's the point
+        model.save(path)
+    marker.unlink()  # it ran while the model was built
+    return path, marker

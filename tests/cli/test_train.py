@@ -1,5 +1,5 @@
 """`python -m kerasvit.train` end to end: run folders, no overwrites, one-line errors.
-(Kill/resume and the table of bad inputs: tests/test_reliability.py.)"""
+(Kill/resume: tests/training/test_resume.py; the table of bad inputs: tests/test_bad_inputs.py.)"""
 
 import json
 
