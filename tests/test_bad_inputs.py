@@ -447,12 +447,12 @@ def check_bad_input(row, tmp_path, request, pythonpath=None):
     return lines[0]
 
 
-@pytest.mark.parametrize("row", cheap_rows())
 # The cheap rows are refused before any framework is imported (no_frameworks proves it), so
 # what they do cannot depend on the backend: they run in one pass of the suite, not three.
 CHEAP_ROWS_BACKEND = "tensorflow"
 
 
+@pytest.mark.parametrize("row", cheap_rows())
 def test_bad_input_gets_one_line_and_writes_nothing(row, tmp_path, request, no_frameworks,
                                                     backend):
     if backend != CHEAP_ROWS_BACKEND:
