@@ -99,8 +99,9 @@ def config_path_for_model(model_name):
     return CONFIG_DIR / f"{model_name}.toml"
 
 
-def load_config_file(path):
-    """Reads a TOML experiment file into a checked `TrainConfig`."""
+def read_config_values(path, _seen=()):
+    """The keys of a TOML experiment file, with those of the file it `extends` (a path
+    relative to it) underneath: the file's own keys win, its model_args are merged in."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass an existing file to --config")
@@ -108,8 +109,27 @@ def load_config_file(path):
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML ({error})") from None
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise ConfigError(f"extends in {path} must be a file name, got {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ConfigError(f"config file {path} extends {base_name}, which extends it again; "
+                          "remove the loop")
+    base = read_config_values(base_path, (*_seen, path.resolve()))
+    model_args = {**base.get("model_args", {}), **raw.get("model_args", {})}
+    merged = {**base, **raw}
+    if model_args:
+        merged["model_args"] = model_args
+    return merged
+
+
+def load_config_file(path):
+    """Reads a TOML experiment file (and the one it extends) into a checked `TrainConfig`."""
     config = TrainConfig()
-    for key, value in raw.items():
+    for key, value in read_config_values(path).items():
         set_value(config, key, value)
     return config
 

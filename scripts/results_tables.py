@@ -15,9 +15,10 @@ import statistics
 import sys
 from pathlib import Path
 
-import tomllib
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from kerasvit.config import read_config_values  # noqa: E402  (no keras: a cheap import)
+
 RESULTS = REPO / "results"
 README = REPO / "README.md"
 TABLES = {"cnn": RESULTS / "cnn"}  # marker name -> folder of run folders
@@ -37,7 +38,7 @@ def recipe_name(config):
     """The closest configs/*.toml file, with the keys this run changed from it."""
     best = None
     for path in sorted((REPO / "configs").glob("*.toml")):
-        values = tomllib.loads(path.read_text())
+        values = read_config_values(path)
         if values.get("model") != config["model"]:
             continue
         changed = [f"{key}={config[key]}" for key in sorted(values)

@@ -72,3 +72,27 @@ def test_model_args_are_checked_against_the_builder_signature():
 def test_saved_config_round_trips(tmp_path):
     config = cfg.apply_overrides(cfg.TrainConfig(model="vit"), ["model_args.num_layers=2", "seed=7"])
     assert cfg.config_from_dict(config.to_dict()) == config
+
+
+def test_a_config_file_extends_another_and_changes_only_its_keys(tmp_path):
+    (tmp_path / "base.toml").write_text('model = "cnn"\nepochs = 7\nbatch_size = 64\n'
+                                        '[model_args]\nwidths = [8, 16, 32]\n'
+                                        'batch_norm_momentum = 0.5\n')
+    (tmp_path / "child.toml").write_text('extends = "base.toml"\nbatch_size = 32\n'
+                                         '[model_args]\nwidths = [4, 8, 16]\n')
+    config = cfg.load_config_file(tmp_path / "child.toml")
+    assert (config.model, config.epochs, config.batch_size) == ("cnn", 7, 32)
+    assert config.model_args == {"widths": [4, 8, 16], "batch_norm_momentum": 0.5}
+
+
+@pytest.mark.parametrize("files, fragment", [
+    ({"a.toml": 'extends = "a.toml"'}, "extends a.toml, which extends it again"),
+    ({"a.toml": 'extends = "b.toml"', "b.toml": 'extends = "a.toml"'}, "which extends it again"),
+    ({"a.toml": 'extends = "missing.toml"'}, "missing.toml not found"),
+    ({"a.toml": "extends = 3"}, "extends in .* must be a file name"),
+])
+def test_bad_extends_is_one_config_error(tmp_path, files, fragment):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    with pytest.raises(cfg.ConfigError, match=fragment):
+        cfg.load_config_file(tmp_path / "a.toml")
