@@ -335,7 +335,8 @@ def train_and_save(model, config, splits, backend, run_dir, started, resumed_at=
         "test_images": int(len(splits["test"][0])),
         "train_images_per_s": monitor.images_per_second(),
         "train_images_per_s_method": (
-            "batch_size / median step time; device synced at each step end; "
+            "batch_size / median interval between step ends (batch fetch included, on every "
+            "backend); device synced at each step end; "
             f"first {len(monitor.step_times) - len(measured)} steps excluded"),
         "wall_time_s": time.time() - started,
         "backend": backend,

@@ -15,9 +15,10 @@ METHOD = {
     "import_build_s": "seconds from spawning the worker to `import keras` done (Python start, "
                       "keras and its backend framework; TensorFlow's import counts only on the "
                       "tensorflow backend), plus building the model",
-    "first_step_s": "the first training step of the first seed, from its start until its loss "
-                    "is read back (device synced): tracing and compilation included",
-    "train_images_per_s": "batch size / median training step time; the device is synced at "
+    "first_step_s": "the first training step of the first seed, from the epoch's start until "
+                    "its loss is read back (device synced): tracing and compilation included",
+    "train_images_per_s": "batch size / median interval between training step ends (the "
+                          "batch fetch included, on every backend); the device is synced at "
                           "each step end by reading the loss; the first 3 steps of each seed "
                           "(fewer in tiny runs) are excluded as warm-up",
     "eval_images_per_s": "batch size / median test-batch time, device synced, the first "
