@@ -59,10 +59,9 @@ class ConfusionMatrixImage(keras.callbacks.Callback):
 
     def write_image(self):
         import tensorflow as tf
-
-        from kerasvit.data import stream
         from sklearn import metrics
 
+        from kerasvit.data import stream
         from kerasvit.evaluation import figures
 
         image_size = self.model.input_shape[1:3]
