@@ -28,8 +28,6 @@ from cli_helpers import (
 )
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-KERASVIT = REPO / "kerasvit"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -41,7 +39,6 @@ def free_port():
 
 
 DEAD_PROXY = f"http://127.0.0.1:{free_port()}"
-
 
 
 def png_claiming(width, height):

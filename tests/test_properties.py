@@ -2,9 +2,6 @@
 
 import io
 import json
-import os
-import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,22 +12,6 @@ from PIL import Image, features
 
 from kerasvit import config as cfg
 from kerasvit.cli import predict
-
-REPO = Path(__file__).resolve().parent.parent
-KERASVIT = REPO / "kerasvit"
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def free_port():
-    """A local port with nothing listening on it: a proxy there refuses every connection."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-DEAD_PROXY = f"http://127.0.0.1:{free_port()}"
-
-
 
 VALUE_FIELDS = {name: kind for name, kind in cfg.FIELD_TYPES.items() if kind in (int, float, bool, str)}
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import zipfile
 from pathlib import Path
@@ -23,21 +22,6 @@ from cli_helpers import (
 )
 
 from kerasvit.runs import folders
-
-REPO = Path(__file__).resolve().parents[2]
-KERASVIT = REPO / "kerasvit"
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def free_port():
-    """A local port with nothing listening on it: a proxy there refuses every connection."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-DEAD_PROXY = f"http://127.0.0.1:{free_port()}"
-
 
 
 @dataclasses.dataclass(frozen=True)
