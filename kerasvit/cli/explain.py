@@ -12,6 +12,8 @@ The function API (`explain_batch`, `explain_image`) works on any loaded model.""
 
 from pathlib import Path
 
+import numpy as np
+
 from kerasvit import CLASS_NAMES, cli
 from kerasvit.errors import UserError
 from kerasvit.explain import explanations, overlays
@@ -66,8 +68,6 @@ def draw_row(figure, panels, columns):
 def test_sample(model, num_images):
     """A fixed sample of the test set, about half correct and half wrong predictions.
     Returns (images at the model's input size, labels, test-set indices)."""
-    import numpy as np
-
     from kerasvit.data import cifar, stream
 
     images, labels = cifar.load_cifar10(cifar.resolve_data_dir())["test"]
@@ -85,7 +85,6 @@ def test_sample(model, num_images):
 
 def read_image_files(paths, model):
     """User image files -> float32 images at the model's input size."""
-    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     from kerasvit.data import stream

@@ -9,6 +9,8 @@ import platform
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from kerasvit.runs import environment, folders
 
 METHOD = {
@@ -83,8 +85,6 @@ def per_second(batch_size, seconds):
 
 
 def mean_std(values):
-    import numpy as np
-
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "values": []}

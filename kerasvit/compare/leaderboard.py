@@ -19,6 +19,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from kerasvit import cli
 from kerasvit.errors import UserError
 from kerasvit.runs import folders
@@ -472,8 +474,6 @@ def plot_tradeoff(axes, rows, colours):
 def plot_validation_curves(by_epoch, by_time, row, history, colour, label):
     if not history or "val_accuracy" not in history:
         return
-    import numpy as np
-
     accuracy = np.asarray(history["val_accuracy"], dtype=float)
     epochs = np.asarray(history.get("epoch", range(len(accuracy))), dtype=float) + 1
     style = "o-" if row["comparable"] else "o:"

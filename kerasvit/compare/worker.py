@@ -19,6 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from kerasvit.evaluation import classification
 
 
@@ -140,8 +142,6 @@ def train_and_evaluate(model, config, splits, backend):
 
 
 def summarise_seeds(seed_runs):
-    import numpy as np
-
     step_times = [t for run in seed_runs for t in run["step_times"]]
     eval_times = [t for run in seed_runs for t in run["eval_batch_times"]]
     return {
@@ -159,8 +159,6 @@ def summarise_seeds(seed_runs):
 
 def save_reference(model, splits, spec):
     """Saves the model, the probe images and this backend's logits on them, for `check`."""
-    import numpy as np
-
     from kerasvit.data import stream
     from kerasvit.runs import folders
 
@@ -175,7 +173,6 @@ def save_reference(model, splits, spec):
 def check_mode(spec):
     """Loads each saved model here and compares its probabilities with the saver's own."""
     import keras
-    import numpy as np
 
     from kerasvit.runs import loading
 

@@ -2,6 +2,8 @@
 Grad-CAM for CNNs, the class token's attention per layer and its rollout for ViTs.
 Which one a model gets comes from its registry entry (`explain_method`)."""
 
+import numpy as np
+
 from kerasvit import CLASS_NAMES
 from kerasvit.errors import UserError
 from kerasvit.evaluation import classification
@@ -48,8 +50,6 @@ def explain_batch(model, model_name, images, class_index=None):
     Returns {"method", "probabilities", "predicted", "explained" (Grad-CAM's class per
     image, else None) and the maps: "gradcam" or "rollout" + "layers"} as numpy arrays.
     """
-    import numpy as np
-
     from kerasvit.models import get_spec
 
     method = explain_method(model_name)
@@ -72,8 +72,6 @@ def explain_image(model, image, model_name, class_name=None, display_size=224):
     display_size x display_size x 3 heat map over the image, "heatmap": the map on its grid
     scaled to [0, 1], "predicted_class", "probability", "explained_class" (Grad-CAM only),
     "method"}. For the demo."""
-    import numpy as np
-
     from kerasvit.data import stream
 
     class_index = class_index_of(class_name) if class_name else None

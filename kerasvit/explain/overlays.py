@@ -1,13 +1,13 @@
 """Heat maps drawn over images: normalisation, bilinear resizing and colour overlays (PIL and
 matplotlib colour maps; no framework)."""
 
+import numpy as np
+
 OVERLAY_ALPHA = 0.45
 COLORMAP = "jet"
 
 
 def normalise(heat):
-    import numpy as np
-
     heat = np.asarray(heat, dtype="float32")
     spread = heat.max() - heat.min()
     return (heat - heat.min()) / spread if spread > 0 else np.zeros_like(heat)
@@ -15,7 +15,6 @@ def normalise(heat):
 
 def resize(array, size):
     """Bilinear resize of an HxW float map or HxWx3 image with PIL (no framework)."""
-    import numpy as np
     from PIL import Image
 
     if array.ndim == 2:
