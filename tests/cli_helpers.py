@@ -94,3 +94,16 @@ def history_rows(run_dir):
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def png_bytes(size=(40, 30)):
+    """A small valid PNG file's bytes (a colour ramp), for the image-reading commands."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.arange(size[0] * size[1] * 3, dtype=np.uint8).reshape(size[1], size[0], 3)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

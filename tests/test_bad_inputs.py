@@ -4,7 +4,6 @@ nothing written or changed. Add a row for every new way to fail."""
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -17,16 +16,15 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cli_helpers import (
     TINY_TRAIN_FLAGS,
     TINY_TRAIN_FLAGS_WITHOUT_EPOCHS,
     cli_env,
     history_rows,
+    png_bytes,
     run_cli,
 )
-from PIL import Image
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -51,13 +49,6 @@ def png_claiming(width, height):
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
-
-
-def png_bytes(size=(40, 30)):
-    pixels = np.arange(size[0] * size[1] * 3, dtype=np.uint8).reshape(size[1], size[0], 3)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def corrupt_member(source, target, member="model.weights.h5"):
