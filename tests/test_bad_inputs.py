@@ -13,7 +13,6 @@ import socket
 import struct
 import subprocess
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from cli_helpers import (
     cli_env,
     history_rows,
     png_bytes,
+    png_claiming,
     run_cli,
 )
 
@@ -37,18 +37,6 @@ def free_port():
 
 
 DEAD_PROXY = f"http://127.0.0.1:{free_port()}"
-
-
-def png_claiming(width, height):
-    """A tiny PNG whose header claims width x height pixels: a decompression bomb in shape
-    (its data is cut short, so nothing may try to decode it)."""
-    def chunk(kind, body):
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
 
 
 def corrupt_member(source, target, member="model.weights.h5"):

@@ -10,16 +10,15 @@ KERASVIT_DEMO_RUN=runs/<run> to serve that run instead of the tiny one.
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import time
 import urllib.request
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import png_claiming
 from PIL import Image
 from trained_run import tiny_vit_run
 
@@ -98,18 +97,6 @@ def image_files(tmp_path, examples):
     paths["huge.png"] = tmp_path / "huge.png"
     paths["huge.png"].write_bytes(png_claiming(6000, 5000))
     return paths
-
-
-def png_claiming(width, height):
-    """A tiny PNG file whose header claims width x height RGB pixels (a decompression bomb
-    in shape; its data is cut short, so nothing may try to decode it)."""
-    def chunk(kind, body):
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
 
 
 # ---------------------------------------------------------------- the prediction function
