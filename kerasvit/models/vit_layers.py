@@ -1,4 +1,4 @@
-"""The layers of the scratch ViT: patch embedding, class token + positions, class-token
+"""The layers of the scratch ViT: patch embedding (linear or a conv stem), class token + positions, class-token
 selection and the encoder block.
 
 Each layer creates its sublayers in `__init__`, builds them in `build()` (so a `.keras`
@@ -44,6 +44,64 @@ class PatchEmbedding(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"patch_size": self.patch_size, "hidden_dim": self.hidden_dim})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvPatchEmbedding(keras.layers.Layer):
+    """A convolutional stem in place of the patch projection ("early convolutions", Xiao et
+    al. 2021): 3x3 conv + BatchNorm + GELU per `stem_widths`, then a 3x3 conv to
+    `hidden_dim`. The last log2(patch_size) convolutions have stride 2, so the token grid
+    is the same as PatchEmbedding's, but the tokens overlap and carry local features,
+    which a ViT trained from scratch on 45,000 images otherwise learns slowly.
+    Output: (batch, num_patches, hidden_dim).
+    """
+
+    def __init__(self, patch_size, hidden_dim, stem_widths=(64, 128), **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.stem_widths = list(stem_widths)
+        strided = patch_size.bit_length() - 1
+        if 2 ** strided != patch_size or strided > len(self.stem_widths) + 1:
+            raise ValueError(
+                f"patch_size {patch_size} needs to be a power of 2 of at most "
+                f"2**{len(self.stem_widths) + 1} for {len(self.stem_widths)} stem widths")
+        widths = self.stem_widths + [hidden_dim]
+        first_strided = len(widths) - strided
+        policy = self.dtype_policy
+        self.convolutions = [
+            keras.layers.Conv2D(width, 3, strides=2 if index >= first_strided else 1,
+                                padding="same", use_bias=index == len(widths) - 1,
+                                dtype=policy, name=f"conv_{index}")
+            for index, width in enumerate(widths)
+        ]
+        self.norms = [keras.layers.BatchNormalization(dtype=policy, name=f"norm_{index}")
+                      for index in range(len(self.stem_widths))]
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for index, convolution in enumerate(self.convolutions):
+            convolution.build(shape)
+            shape = convolution.compute_output_shape(shape)
+            if index < len(self.norms):
+                self.norms[index].build(shape)
+
+    def call(self, images, training=None):
+        x = images
+        for convolution, norm in zip(self.convolutions, self.norms):
+            x = keras.activations.gelu(norm(convolution(x), training=training))
+        x = self.convolutions[-1](x)
+        return ops.reshape(x, (ops.shape(x)[0], -1, self.hidden_dim))
+
+    def compute_output_shape(self, input_shape):
+        grid = (input_shape[1] // self.patch_size) * (input_shape[2] // self.patch_size)
+        return (input_shape[0], grid, self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"patch_size": self.patch_size, "hidden_dim": self.hidden_dim,
+                       "stem_widths": self.stem_widths})
         return config
 
 

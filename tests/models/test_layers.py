@@ -9,6 +9,7 @@ from kerasvit.models.cnn_layers import PatchWhitening
 from kerasvit.models.vit_layers import (
     ClassTokenAndPositions,
     ClassTokenSelect,
+    ConvPatchEmbedding,
     PatchEmbedding,
     TransformerBlock,
 )
@@ -16,6 +17,8 @@ from kerasvit.models.vit_layers import (
 LAYER_CASES = [
     (PatchWhitening, {"kernel_size": 3, "epsilon": 1e-3}, (2, 8, 8, 3)),
     (PatchEmbedding, {"patch_size": 4, "hidden_dim": 8}, (2, 16, 16, 3)),
+    (ConvPatchEmbedding, {"patch_size": 4, "hidden_dim": 8, "stem_widths": [4, 6]},
+     (2, 16, 16, 3)),
     (ClassTokenAndPositions, {"initializer_stddev": 0.5}, (2, 5, 8)),
     (ClassTokenSelect, {}, (2, 5, 8)),
     (TransformerBlock, {"num_heads": 2, "hidden_dim": 8, "mlp_dim": 16, "dropout_rate": 0.1,
@@ -70,3 +73,20 @@ def test_stochastic_depth_is_active_only_in_training():
     # With rate 0.9 most samples skip both residual branches and come out unchanged.
     unchanged = np.all(np.isclose(trained, x, atol=1e-6), axis=(1, 2))
     assert 0.5 < unchanged.mean() < 1.0
+
+
+@pytest.mark.parametrize("patch_size, stem_widths, grid", [(4, [4, 6], 64), (2, [4], 256),
+                                                           (8, [4, 6], 16)])
+def test_conv_stem_makes_the_same_token_grid_as_the_patch_projection(patch_size, stem_widths,
+                                                                      grid):
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    tokens = ConvPatchEmbedding(patch_size=patch_size, hidden_dim=8, stem_widths=stem_widths)(x)
+    assert tuple(tokens.shape) == (2, grid, 8)
+    assert tuple(PatchEmbedding(patch_size=patch_size, hidden_dim=8)(x).shape) == (2, grid, 8)
+
+
+def test_conv_stem_refuses_a_patch_size_its_strides_cannot_make():
+    with pytest.raises(ValueError, match="power of 2"):
+        ConvPatchEmbedding(patch_size=6, hidden_dim=8, stem_widths=[4])
+    with pytest.raises(ValueError, match="power of 2"):
+        ConvPatchEmbedding(patch_size=16, hidden_dim=8, stem_widths=[4])
