@@ -1,7 +1,7 @@
 """Per-image augmentations in tf.data: each takes (image, image_size, seed[, mirror])
 and returns a float32 image at `image_size`."""
 
-import tensorflow as tf
+from kerasvit.data.tensorflow_cpu import tf
 
 
 def pad_crop_flip(image, image_size, seed):

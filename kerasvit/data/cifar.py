@@ -2,6 +2,7 @@
 real download), the stratified train/validation split and per-class subsets."""
 
 import functools
+import math
 import os
 
 import numpy as np
@@ -9,6 +10,9 @@ import numpy as np
 from kerasvit.errors import UserError
 
 NUM_CLASSES = 10
+# CIFAR-10's sizes, to refuse impossible requests in a second, before the data are loaded.
+CIFAR10_TRAIN_PER_CLASS = 5000
+CIFAR10_TEST_IMAGES = 10_000
 SPLIT_SEED = 0  # The train/validation split never changes with the training seed.
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"  # tfds' source
 
@@ -111,3 +115,26 @@ def load_splits(data_dir="", validation_size=5000, subset_per_class=0):
         "validation": (images[val_idx], labels[val_idx]),
         "test": cifar["test"],
     }
+
+
+def check_sizes(config):
+    """Subset, batch and split sizes that CIFAR-10 cannot satisfy. The data loader checks
+    the exact per-class counts again; this catches the impossible cases in a second."""
+    if config.test_images > CIFAR10_TEST_IMAGES:
+        raise DataError(f"test_images {config.test_images} is larger than the "
+                          f"{CIFAR10_TEST_IMAGES} CIFAR-10 test images; use at most "
+                          f"{CIFAR10_TEST_IMAGES} (0 means all)")
+    train_total = CIFAR10_TRAIN_PER_CLASS * NUM_CLASSES
+    if config.validation_size >= train_total:
+        raise DataError(f"validation_size {config.validation_size} leaves no training images "
+                          f"(CIFAR-10 has {train_total}); use a smaller --set validation_size")
+    # A stratified split takes validation_size / 10 images of each class, rounded up at most.
+    per_class = CIFAR10_TRAIN_PER_CLASS - math.ceil(config.validation_size / NUM_CLASSES)
+    if config.subset_per_class > per_class:
+        raise DataError(f"subset_per_class {config.subset_per_class} is larger than the "
+                          f"{per_class} training images per class available; use at most "
+                          f"{per_class}")
+    train_images = config.subset_per_class * NUM_CLASSES or train_total - config.validation_size
+    if config.batch_size > train_images:
+        raise DataError(f"batch_size {config.batch_size} is larger than the {train_images} "
+                          "training images; lower --batch-size or use more data")

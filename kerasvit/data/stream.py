@@ -4,9 +4,8 @@ Images leave the pipeline as float32 in [0, 255] at the model's input size, labe
 one-hot float32 (for label smoothing). Normalisation lives inside each model, so a saved
 `.keras` file takes raw pixels wherever it is loaded."""
 
-import tensorflow as tf
-
 from kerasvit.data import augment, cifar
+from kerasvit.data.tensorflow_cpu import tf
 
 
 def training_stream(images, labels, *, image_size, batch_size, steps, augmentation, seed,

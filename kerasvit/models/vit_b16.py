@@ -5,7 +5,9 @@
 stays attached to the model as its preprocessor, so the model takes raw [0, 255] pixels.
 """
 
+import json
 import os
+from pathlib import Path
 
 from kerasvit.errors import UserError
 from kerasvit.models import ModelSpec
@@ -119,6 +121,38 @@ def keras_hub_vit_scores(classifier, images):
 def attention_scores(classifier, images):
     """Every encoder block's attention probabilities (see `keras_hub_vit_scores`)."""
     return keras_hub_vit_scores(classifier, images)[1]
+
+
+def check_preset_folder(preset):
+    """A local preset folder must exist, be readable and hold a ViT: checked before keras
+    is imported. Preset names are left to keras-hub."""
+    if not isinstance(preset, str) or not looks_like_path(preset):
+        return
+    path = Path(preset).expanduser()
+    if not path.exists():
+        raise PresetError(
+            f"preset folder {preset} does not exist; pass a folder made with save_to_preset, "
+            f"or a preset name such as {DEFAULT_PRESET}")
+    if not path.is_dir():
+        raise PresetError(f"preset {preset} is a file; pass the folder that "
+                                  "save_to_preset wrote")
+    try:
+        backbone = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise PresetError(f"{preset} is not a keras-hub preset (no config.json); pass "
+                                  "a folder made with save_to_preset") from None
+    except PermissionError:
+        raise PresetError(f"preset folder {preset} is not readable (permission "
+                                  "denied); fix its permissions or pass another --preset") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PresetError(f"cannot read {path / 'config.json'} ({type(error).__name__}); "
+                                  "the preset is damaged, save it again") from None
+    name = backbone.get("registered_name", "") if isinstance(backbone, dict) else ""
+    if name != "keras_hub>ViTBackbone":
+        found = name.split(">")[-1] or "no keras-hub"
+        raise PresetError(
+            f"preset {preset} holds a {found} model, not a ViT; --model vit_b16 needs a ViT "
+            f"preset, e.g. one saved from {DEFAULT_PRESET}")
 
 
 SPEC = ModelSpec(

@@ -99,6 +99,15 @@ def pause_point(name):
         time.sleep(3600)  # Interruptible: SIGINT/SIGTERM handlers still run.
 
 
+def refuse_existing_run_dir(run_dir):
+    """A run folder is never overwritten: an existing --run-dir is refused."""
+    if run_dir and Path(run_dir).exists():
+        raise UserError(
+            f"run folder {run_dir} already exists; choose another --run-dir, or pass "
+            f"--resume {run_dir} to continue it"
+        )
+
+
 def new_run_dir(model_name, backend, run_dir=None, root=RUNS_ROOT):
     """Creates and returns a fresh run folder; an existing folder is never reused."""
     if run_dir:

@@ -16,6 +16,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from kerasvit.config import ConfigError, config_from_dict, validate
 from kerasvit.errors import UserError
 
 # What `model.save` puts in every .keras archive besides the weights (Keras 3).
@@ -182,3 +183,27 @@ def model_name(model, config=None):
     if type(model).__name__ == "ViTImageClassifier":
         return "vit_b16"
     return model.name
+
+
+def load_resume_config(run_dir):
+    """The config of an interrupted run in `run_dir`, checked; refuses finished runs and
+    folders that are not runs."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a folder; pass the folder of an interrupted run "
+                          "to --resume")
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir} is not a kerasvit run folder (no config.json); "
+                          "pass the folder of an interrupted run to --resume")
+    if (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"run {run_dir} already finished (metrics.json exists); "
+                          "start a new run instead of --resume")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot read {run_dir / 'config.json'} ({type(error).__name__}); "
+                          "this run cannot be resumed, start a new one") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{run_dir / 'config.json'} is not a kerasvit config; "
+                          "this run cannot be resumed, start a new one")
+    return validate(config_from_dict(saved))
