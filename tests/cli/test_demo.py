@@ -24,6 +24,7 @@ from trained_run import tiny_vit_run
 
 from kerasvit import CLASS_NAMES
 from kerasvit.cli import demo, predict
+from kerasvit.serving import classifier, page
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -45,7 +46,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served_vit(tiny_run, backend):
-    return demo.load_served_model(tiny_run, backend)
+    return classifier.load_served_model(tiny_run, backend)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +58,12 @@ def served_cnn(backend):
 
     keras.utils.set_random_seed(0)
     model = build_cnn(widths=(8, 16, 16))
-    return demo.ServedModel(model, "cnn", backend, "tiny cnn")
+    return classifier.ServedModel(model, "cnn", backend, "tiny cnn")
 
 
 @pytest.fixture(scope="module")
 def examples():
-    found = demo.gallery_examples()
+    found = classifier.gallery_examples()
     if not found:
         pytest.fail("the gallery needs the prepared CIFAR-10 copy (TFDS_DATA_DIR)")
     return found
@@ -103,7 +104,7 @@ def image_files(tmp_path, examples):
 
 def check_result(result, served, pixels):
     top = list(result["top5"].items())
-    assert len(top) == demo.TOP_K
+    assert len(top) == classifier.TOP_K
     assert all(name in CLASS_NAMES for name, _ in top)
     probabilities = [p for _, p in top]
     assert probabilities == sorted(probabilities, reverse=True)
@@ -128,7 +129,7 @@ def test_classify_gives_top5_timing_and_overlay(model, served_vit, served_cnn, e
     served = served_vit if model == "vit" else served_cnn
     assert served.name == model
     for pixels, _ in examples[:3]:
-        result = demo.classify(served, pixels)
+        result = classifier.classify(served, pixels)
         check_result(result, served, pixels)
         assert result["method"] == ("attention" if model == "vit" else "gradcam")
 
@@ -137,7 +138,7 @@ def test_served_run_describes_itself(served_vit, tiny_run, backend):
     assert served_vit.source == str(tiny_run)
     assert served_vit.backend == backend
     assert 0 <= served_vit.test_accuracy <= 1
-    header = demo.header_markdown(served_vit)
+    header = page.header_markdown(served_vit)
     assert "`vit`" in header and f"`{backend}`" in header and str(tiny_run) in header
     assert f"{100 * served_vit.test_accuracy:.2f}%" in header
 
@@ -146,12 +147,12 @@ def test_every_image_format_is_classified_with_a_note(served_vit, image_files):
     expected_notes = {"rgb.png": [], "large.jpg": ["resized from 640x480"],
                       "grey.png": ["greyscale"], "rgba.png": ["transparency dropped"]}
     for name, note_starts in expected_notes.items():
-        result = demo.classify_file(served_vit, image_files[name])
+        result = classifier.classify_file(served_vit, image_files[name])
         assert "message" not in result, result.get("message")
         check_result(result, served_vit, result["pixels"])
         assert len(result["notes"]) == len(note_starts), result["notes"]
         assert all(note.startswith(start) for note, start in zip(result["notes"], note_starts))
-    text = demo.result_markdown(demo.classify_file(served_vit, image_files["grey.png"]), "g",
+    text = page.result_markdown(classifier.classify_file(served_vit, image_files["grey.png"]), "g",
                                 "torch")
     assert " ms**" in text and "greyscale" in text and "on torch" in text
 
@@ -164,12 +165,12 @@ def test_bad_uploads_get_a_clear_message(served_vit, image_files):
                 "bomb.png": "megapixels (a possible decompression bomb)"}
     for name, phrase in expected.items():
         started = time.perf_counter()
-        result = demo.classify_file(served_vit, image_files[name])
+        result = classifier.classify_file(served_vit, image_files[name])
         assert set(result) == {"message"}, name
         assert phrase in result["message"] and name in result["message"]
         # Refused from the header: decoding 400 megapixels would take seconds and 1.2 GB.
         assert time.perf_counter() - started < 2
-    outputs = demo.handle_upload(served_vit, str(image_files["bomb.png"]))
+    outputs = page.handle_upload(served_vit, str(image_files["bomb.png"]))
     assert outputs[:3] == (None, None, None) and "Cannot classify" in outputs[3]
 
 
@@ -263,8 +264,8 @@ def test_page_in_headless_chromium(served_page, served_vit, image_files, backend
     from playwright.sync_api import expect, sync_playwright
 
     url, run = served_page
-    served = served_vit if run == Path(served_vit.source) else demo.load_served_model(run, backend)
-    expected_top = demo.classify_file(served, image_files["large.jpg"])["predicted_class"]
+    served = served_vit if run == Path(served_vit.source) else classifier.load_served_model(run, backend)
+    expected_top = classifier.classify_file(served, image_files["large.jpg"])["predicted_class"]
     screenshot = Path(os.environ.get("KERASVIT_SCREENSHOT") or tmp_path / "demo.png")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -1,0 +1,1 @@
+"""The browser demo: classifier (the logic, no Gradio) and page (the Gradio page)."""
