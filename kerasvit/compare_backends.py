@@ -1,6 +1,6 @@
-"""`python -m kerasvit.compare_backends`: see kerasvit.compare.backends."""
+"""`python -m kerasvit.compare_backends`: see kerasvit.cli.compare_backends."""
 
-from kerasvit.compare.backends import main
+from kerasvit.cli.compare_backends import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
-"""`python -m kerasvit.compare_models`: see kerasvit.compare.leaderboard."""
+"""`python -m kerasvit.compare_models`: see kerasvit.cli.compare_models."""
 
-from kerasvit.compare.leaderboard import main
+from kerasvit.cli.compare_models import main
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,5 @@
-"""Which model should I use? Rank trained runs side by side, whatever backend made them.
-
-    python -m kerasvit.compare_models runs/cnn-* runs/vit-* runs/resnet18-* runs/mobilenet-*
-    KERAS_BACKEND=torch python -m kerasvit.compare_models runs/* --reevaluate
+"""Which model should I use? Rank trained runs side by side, whatever backend made them
+(`python -m kerasvit.compare_models`: kerasvit.cli.compare_models).
 
 Per run: model, backend, parameters, model file size, epochs, training time, best validation
 accuracy, test accuracy and macro F1, the train-vs-validation gap, batch-1 latency and
@@ -14,8 +12,6 @@ accuracy of every run against epochs and against wall time).
 import csv
 import datetime
 import math
-import shlex
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +21,6 @@ from kerasvit import cli
 from kerasvit.errors import UserError
 from kerasvit.runs import folders
 
-PROG = "kerasvit.compare_models"
 # Data settings that change what an accuracy means: runs that differ in them are flagged.
 DATA_SETTINGS = ("subset_per_class", "augmentation")
 CSV_FIELDS = (
@@ -39,50 +34,6 @@ CSV_FIELDS = (
 
 class NotARunError(UserError, ValueError):
     """A path given as a run is not a finished kerasvit run folder."""
-
-
-def parse_args(argv=None):
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by kerasvit.train")
-    parser.add_argument("--out", default=str(folders.RUNS_ROOT),
-                        help="folder in which models-<time>/ is created (default: runs)")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="evaluate every run again on this backend and machine, so that all "
-                             "latencies are measured alike (default: only runs never evaluated)")
-    parser.add_argument("--test-images", type=int, default=0, metavar="N",
-                        help="when evaluating: the first N test images only (default: all 10,000)")
-    parser.add_argument("--timing-repeats", type=int, default=10, metavar="N",
-                        help="when evaluating: timed batches for throughput (default 10)")
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="when evaluating: prediction and throughput batch size (default 256)")
-    parser.add_argument("--data-dir", help="TFDS data folder (default: each run's, else $TFDS_DATA_DIR)")
-    args = parser.parse_args(argv)
-    for flag, value, minimum in (("--test-images", args.test_images, 0),
-                                 ("--timing-repeats", args.timing_repeats, 1),
-                                 ("--batch-size", args.batch_size, 1)):
-        if value < minimum:
-            cli.fail(PROG, f"{flag} must be at least {minimum}, got {value}")
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    backend = cli.check_backend(PROG)
-    try:
-        run_dirs = [check_run_folder(path) for path in unique_paths(args.runs)]
-        for run_dir in run_dirs:
-            if args.reevaluate or evaluation_of(run_dir) is None:
-                evaluate_run(run_dir, args, backend)
-        rows, histories = collect_rows(run_dirs)
-        out_dir = new_report_dir(args.out)
-    except UserError as error:
-        cli.fail(PROG, str(error))
-    command = shlex.join(["python", "-m", PROG, *(sys.argv[1:] if argv is None else argv)])
-    report = build_report(rows, command)
-    write_all(report, histories, out_dir)
-    print(screen_table(report["runs"]))
-    print(f"\nreport: {out_dir / 'models.md'} (also models.csv, models.json, models.png)")
-    return out_dir
 
 
 # ---------------------------------------------------------------- run folders
@@ -482,6 +433,3 @@ def plot_validation_curves(by_epoch, by_time, row, history, colour, label):
         minutes = np.cumsum(np.nan_to_num(history["epoch_time_s"])) / 60.0
         by_time.plot(minutes, accuracy, style, color=colour, label=label, markersize=3)
 
-
-if __name__ == "__main__":
-    main()

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from kerasvit.cli import compare_backends
 from kerasvit.compare import backends, worker
 
 OUTPUT_FILES = ("results.json", "results.csv", "results.md", "compare.png", "config.json")
@@ -50,7 +51,7 @@ FAKE_WORKER = textwrap.dedent("""
 
 def run_main(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        backends.main(argv)
+        compare_backends.main(argv)
     return exit_info.value.code, capsys.readouterr().err
 
 
@@ -82,7 +83,7 @@ def fake_workers(tmp_path, monkeypatch):
 
 
 def test_failing_and_missing_backends_are_reported_not_fatal(fake_workers, capsys):
-    out_dir = backends.main(["--out", str(fake_workers), "--seeds", "2", *TINY])
+    out_dir = compare_backends.main(["--out", str(fake_workers), "--seeds", "2", *TINY])
     screen = capsys.readouterr().out
     for name in OUTPUT_FILES:
         assert (out_dir / name).is_file(), name
@@ -146,7 +147,7 @@ REAL_PAIR = ("tensorflow", "torch")
 def test_tiny_real_comparison(tmp_path, monkeypatch, capsys):
     # jax is made to look uninstalled: the real path for a missing backend, at no cost.
     monkeypatch.setattr(backends, "backend_installed", lambda backend: backend != "jax")
-    out_dir = backends.main([
+    out_dir = compare_backends.main([
         "--out", str(tmp_path), "--backends", "tensorflow,jax,torch", *TINY,
         # A narrow CNN: this checks the plumbing, not the model.
         "--set", "model_args.widths=[16,16,16]",

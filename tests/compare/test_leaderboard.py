@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from kerasvit.cli import evaluate, train
+from kerasvit.cli import compare_models, evaluate, train
 from kerasvit.compare import leaderboard
 
 # Training always evaluates the whole 10k test set, at the training batch size: 16x16 inputs
@@ -51,7 +51,7 @@ def tiny_runs(tmp_path_factory):
 def report(tiny_runs):
     base, run_dirs = tiny_runs
     cnn_evaluated_at = read_json(run_dirs["cnn"] / "metrics.json")["evaluation"]["evaluated_at"]
-    out_dir = leaderboard.main([*map(str, run_dirs.values()), "--out", str(base / "reports"),
+    out_dir = compare_models.main([*map(str, run_dirs.values()), "--out", str(base / "reports"),
                                 *EVALUATION_FLAGS])
     return out_dir, run_dirs, cnn_evaluated_at
 
@@ -111,7 +111,7 @@ def test_runs_with_other_data_settings_are_flagged(report):
 
 def test_a_second_comparison_never_overwrites_the_first(report, tiny_runs):
     out_dir, run_dirs, _ = report
-    again = leaderboard.main([*map(str, run_dirs.values()), "--out", str(out_dir.parent)])
+    again = compare_models.main([*map(str, run_dirs.values()), "--out", str(out_dir.parent)])
     assert again != out_dir and (out_dir / "models.md").is_file()
 
 
@@ -126,7 +126,7 @@ def test_a_folder_that_is_not_a_run_is_refused_with_one_line(tmp_path, capsys, m
     folder.mkdir()
     make(folder)
     with pytest.raises(SystemExit) as exit_info:
-        leaderboard.main([str(folder), "--out", str(tmp_path / "reports")])
+        compare_models.main([str(folder), "--out", str(tmp_path / "reports")])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kerasvit.compare_models: error: ")
