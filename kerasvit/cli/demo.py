@@ -17,7 +17,6 @@ import sys
 
 from kerasvit import cli
 from kerasvit.errors import UserError
-from kerasvit.serving import classifier
 
 PROG = "kerasvit.demo"
 DEFAULT_HOST = "127.0.0.1"  # this machine only; other addresses only when asked with --host
@@ -61,13 +60,13 @@ def main(argv=None):
     try:
         check_args(args)
         cli.import_tensorflow_quietly()
+        from kerasvit.serving import classifier, page
+
         served = classifier.load_served_model(args.model, backend, args.unsafe_load)
         examples = classifier.gallery_examples()
     except UserError as error:  # bad flag, run or model: one line, no traceback
         cli.fail(PROG, str(error))
     classifier.warm_up(served)
-    from kerasvit.serving import page
-
     serve(page.build_page(served, examples), served, args.host, args.port)
 
 

@@ -10,9 +10,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image, UnidentifiedImageError
 
 from kerasvit import CLASS_NAMES
+from kerasvit.data import cifar, stream
 from kerasvit.errors import UserError
+from kerasvit.evaluation import classification
+from kerasvit.explain import explanations
+from kerasvit.runs import loading
 
 TOP_K = 5
 # Below this an image holds nothing recognisable once stretched to the model's input.
@@ -44,9 +50,6 @@ class ServedModel:
 
 
 def load_served_model(path, backend, unsafe_load=False):
-    from kerasvit.explain import explanations
-    from kerasvit.runs import loading
-
     model, config, run_dir = loading.load_run(path, unsafe_load)
     name = loading.model_name(model, config)
     explanations.explain_method(name)  # refuses a model the page cannot explain, before serving
@@ -68,10 +71,6 @@ def gallery_examples(data_dir=None):
     """The first CIFAR-10 test image of each class, as [(uint8 32x32x3, class name)] in class
     order; [] when no prepared copy is found (the page then shows uploads only: downloading
     at start-up would stall for minutes offline)."""
-    import tensorflow_datasets as tfds
-
-    from kerasvit.data import cifar
-
     builder = tfds.builder("cifar10", data_dir=cifar.resolve_data_dir(data_dir or ""))
     if not builder.is_prepared():
         return []
@@ -87,8 +86,6 @@ def gallery_examples(data_dir=None):
 def read_upload(path):
     """An uploaded file -> (uint8 RGB pixels, notes on what was converted). Raises BadImage
     with a message for the page when the file cannot or should not be classified."""
-    from PIL import Image, UnidentifiedImageError
-
     name = Path(path).name
     try:
         with Image.open(path) as image:
@@ -143,10 +140,6 @@ def classify(served, pixels):
     inference_ms is the model's forward pass for this one image (predict_on_batch, output
     copied to numpy so the device is synced), as in kerasvit.evaluate's latency; resizing
     and the explanation are not included."""
-    from kerasvit.data import stream
-    from kerasvit.evaluation import classification
-    from kerasvit.explain import explanations
-
     batch = stream.prepare_images(np.asarray(pixels)[None], served.input_size)
     with served.lock:
         start = time.perf_counter()

@@ -9,7 +9,9 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from kerasvit.explain.explanations import explain_method
 from kerasvit.serving.classifier import TOP_K, classify, classify_file
 
 DISPLAY_SIDE = 320  # the uploaded image is shown at most this large
@@ -26,8 +28,6 @@ def header_markdown(served):
 
 
 def method_title(served):
-    from kerasvit.explain.explanations import explain_method
-
     return METHOD_TITLES[explain_method(served.name)]
 
 
@@ -47,8 +47,6 @@ def message_markdown(message):
 def display_image(pixels):
     """The image as the page shows it: small ones enlarged with sharp pixels, large ones
     shrunk (a 25-megapixel photo is not sent back to the browser)."""
-    from PIL import Image
-
     image = Image.fromarray(pixels)
     scale = DISPLAY_SIDE / max(image.size)
     size = tuple(max(1, round(side * scale)) for side in image.size)
@@ -124,6 +122,4 @@ def build_page(served, examples):
 
 
 def enlarge(pixels, side):
-    from PIL import Image
-
     return np.asarray(Image.fromarray(pixels).resize((side, side), Image.NEAREST))
