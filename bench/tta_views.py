@@ -9,14 +9,14 @@ import sys
 
 import numpy as np
 
-from kerasvit.cli import evaluate
 from kerasvit.evaluation import classification, tta
+from kerasvit.evaluation import run as evaluation_run
 from kerasvit.runs import loading
 
 
 def main(path):
     model = loading.load_model(path)
-    images, labels = evaluate.load_test_set("", 0)
+    images, labels = evaluation_run.load_test_set("", 0)
     views = {"plain": images, "mirror": np.ascontiguousarray(images[:, :, ::-1])}
     for offset, name in ((0, "down_right"), (2, "up_left")):
         views[name] = tta.shifted(images, offset)

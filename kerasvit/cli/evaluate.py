@@ -7,14 +7,12 @@ Writes into the run folder (or --out): metrics.json (the training keys kept, thi
 under "evaluation"), report.md, predictions.npz and the figures confusion_matrix.png,
 per_class_accuracy.png, training_curves.png (run folders only), mistakes.png, samples.png."""
 
-import datetime
-from pathlib import Path
 
-import numpy as np
 
-from kerasvit import CLASS_NAMES, cli
+from kerasvit import cli
 from kerasvit.errors import UserError
-from kerasvit.evaluation import timing, tta
+from kerasvit.evaluation import run, tta
+from kerasvit.runs import folders, loading
 
 PROG = "kerasvit.evaluate"
 
@@ -56,136 +54,21 @@ def main(argv=None):
     try:
         check_before_imports(args)
         cli.import_tensorflow_quietly()
-        return evaluate(args, backend)
+        tta_views = (args.tta_method or "run") if args.tta else None
+        out_dir, evaluation = run.evaluate(
+            args.model, backend, out=args.out, batch_size=args.batch_size,
+            test_images=args.test_images, timing_repeats=args.timing_repeats,
+            data_dir=args.data_dir, tta_views=tta_views, unsafe_load=args.unsafe_load)
     except UserError as error:
         cli.fail(PROG, str(error))
-
-
-def check_before_imports(args):
-    """The model file and the output folder, checked before the slow framework imports."""
-    from kerasvit.runs import folders, loading
-
-    model_path, run_dir, _ = loading.check_model_file(args.model, args.unsafe_load)
-    folders.check_can_create(output_path(args.out, run_dir, model_path), flag="--out")
-
-
-class OutputError(UserError, RuntimeError):
-    """The output folder cannot be written; the message is shown as one line."""
-
-
-def output_path(out, run_dir, model_path):
-    return Path(out) if out else run_dir or model_path.with_name(f"{model_path.stem}_evaluation")
-
-
-def output_dir(out, run_dir, model_path):
-    path = output_path(out, run_dir, model_path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create output folder {path} ({error.strerror}); "
-                          "pass a writable --out") from None
-    return path
-
-
-def load_test_set(data_dir, limit):
-    """The CIFAR-10 test split as (uint8 images, int64 labels), optionally its first `limit`."""
-    from kerasvit.data import cifar
-
-    images, labels = cifar.load_cifar10(cifar.resolve_data_dir(data_dir))["test"]
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    return images, labels
-
-
-def describe(model, model_path, run_dir, backend):
-    """Who and where: model, backends, device and time of this evaluation."""
-    from kerasvit.runs import environment, loading
-
-    trained = (loading.read_run_file(run_dir, "env.json") or {}).get("backend")
-    env = environment.collect_env(backend)
-    return {
-        "model": loading.model_name(model, loading.read_run_file(run_dir, "config.json")),
-        "model_path": str(model_path),
-        "parameters": int(model.count_params()),
-        "image_size": [int(s) for s in model.input_shape[1:3]],
-        "backend": backend,
-        "trained_backend": trained,
-        "device": f"{env['device_kind']}: {env['cpu']}" if env["device_kind"] == "cpu"
-                  else ", ".join(env["devices"]),
-        "evaluated_at": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": env["versions"],
-    }
-
-
-def existing_metrics(out_dir, run_dir):
-    """What metrics.json in the output folder already holds (else the run's training
-    metrics), so that writing the evaluation never drops training keys."""
-    from kerasvit.runs import loading
-
-    for folder in (out_dir, run_dir):
-        metrics = loading.read_run_file(folder, "metrics.json")
-        if metrics is not None:
-            return metrics
-    return {}
-
-
-def evaluate(args, backend):
-    from kerasvit.evaluation import classification, figures
-    from kerasvit.runs import folders, loading
-
-    model_path, run_dir = loading.resolve_model_path(args.model)
-    model = loading.load_model(model_path, args.unsafe_load)
-    config = loading.read_run_file(run_dir, "config.json") or {}
-    out_dir = output_dir(args.out, run_dir, model_path)
-    metrics = existing_metrics(out_dir, run_dir)  # Read first: a broken file fails fast.
-    images, labels = load_test_set(args.data_dir or config.get("data_dir", ""), args.test_images)
-    print(f"evaluating {model_path} on {len(images)} test images (backend {backend})")
-
-    logits = tta.predict_logits(model, images, args.batch_size)
-    probabilities = classification.softmax(logits)
-    evaluation = describe(model, model_path, run_dir, backend)
-    evaluation.update(classification.classification_metrics(labels, probabilities, CLASS_NAMES))
-    evaluation["loss"] = classification.cross_entropy(labels, logits)
-    if args.tta:
-        method = args.tta_method or config.get("tta_method", "flip")
-        evaluation["tta"] = tta.tta_evaluation(model, images, labels, args.batch_size, logits,
-                                               method=method)
-    evaluation.update(timing.measure_speed(model, images, args.batch_size, args.timing_repeats))
-
-    history = figures.read_history(run_dir / "history.csv") if run_dir else None
-    try:
-        write_outputs(out_dir, metrics, evaluation, images, labels, logits, probabilities,
-                      history)
-    except OSError as error:
-        if isinstance(error, folders.WriteError):
-            reason = str(error)
-        elif folders.is_write_error(error):
-            reason = folders.write_error(out_dir, error)
-        else:
-            raise
-        raise OutputError(f"{reason}; free some space there or pass another --out") from None
     print_summary(out_dir, evaluation)
     return out_dir
 
 
-def write_outputs(out_dir, metrics, evaluation, images, labels, logits, probabilities, history):
-    """Figures, metrics.json, report.md and predictions.npz; the last three atomically."""
-    from kerasvit.evaluation import figures, summary
-    from kerasvit.runs import folders
-
-    figure_names = figures.write_figures(out_dir, images, labels, probabilities, evaluation,
-                                         CLASS_NAMES, history)
-    training = {key: value for key, value in metrics.items() if key != "evaluation"}
-    metrics["evaluation"] = evaluation
-    folders.write_json(out_dir / "metrics.json", metrics)
-    report = summary.report_markdown(evaluation, figure_names, training) + "\n"
-    folders.write_atomically(out_dir / "report.md", lambda path: Path(path).write_text(report))
-
-    def write_predictions(path):
-        with open(path, "wb") as f:  # a file object: np.savez would append .npz to a name
-            np.savez_compressed(f, labels=labels, logits=logits)
-
-    folders.write_atomically(out_dir / "predictions.npz", write_predictions)
+def check_before_imports(args):
+    """The model file and the output folder, checked before the slow framework imports."""
+    model_path, run_dir, _ = loading.check_model_file(args.model, args.unsafe_load)
+    folders.check_can_create(run.output_path(args.out, run_dir, model_path), flag="--out")
 
 
 def print_summary(out_dir, evaluation):

@@ -76,16 +76,13 @@ def evaluation_of(run_dir):
 
 def evaluate_run(run_dir, args, backend):
     """kerasvit.evaluate on one run folder, with this command's evaluation flags."""
-    from kerasvit.cli import evaluate
+    from kerasvit.evaluation import run
 
     cli.import_tensorflow_quietly()
-    flags = [str(run_dir), "--test-images", str(args.test_images),
-             "--timing-repeats", str(args.timing_repeats), "--batch-size", str(args.batch_size)]
-    if args.data_dir:
-        flags += ["--data-dir", args.data_dir]
     try:
-        evaluate.evaluate(evaluate.parse_args(flags), backend)
-    except evaluate.OutputError as error:  # Not a UserError, but the user's to fix.
+        run.evaluate(run_dir, backend, batch_size=args.batch_size, test_images=args.test_images,
+                     timing_repeats=args.timing_repeats, data_dir=args.data_dir)
+    except run.OutputError as error:  # Not a UserError, but the user's to fix.
         raise NotARunError(str(error)) from None
 
 
