@@ -25,9 +25,11 @@ def test_readme_tables_match_the_committed_results():
 def test_a_run_is_named_by_its_config_file_and_what_it_changed(tmp_path):
     script = load_script()
     config = json.loads((REPO / "results/cnn/cnn-tf-s0/config.json").read_text())
-    assert script.recipe_name(config) == "cnn.toml"
+    assert script.recipe_name(config) == "cnn_airbench94.toml"
     config.update(batch_size=512, seed=7)  # the seed says which run, not which recipe
-    assert script.recipe_name(config) == "cnn.toml batch_size=512"
+    assert script.recipe_name(config) == "cnn_airbench94.toml batch_size=512"
+    muon = json.loads((REPO / "results/cnn/cnn-muon-torch-s0/config.json").read_text())
+    assert script.recipe_name(muon) == "cnn.toml"
 
 
 def test_seeds_of_one_recipe_are_summarised_as_mean_and_spread(tmp_path):
@@ -43,4 +45,4 @@ def test_seeds_of_one_recipe_are_summarised_as_mean_and_spread(tmp_path):
         (run / "metrics.json").write_text(json.dumps(metrics))
     (tmp_path / "unfinished").mkdir()  # no metrics.json: left out
     summary = script.table(tmp_path).splitlines()[-1]
-    assert summary.startswith("| cnn.toml | torch | 2 | 85.00 +- 7.07 |"), summary
+    assert summary.startswith("| cnn_airbench94.toml | torch | 2 | 85.00 +- 7.07 |"), summary

@@ -291,7 +291,7 @@ def test_auto_precision_follows_the_machine(monkeypatch, flags, devices, backend
 
 # ------------------------------------------------------------------ the recipe learns
 
-@pytest.mark.parametrize("config_file", ["configs/cnn.toml", "configs/cnn_muon.toml"])
+@pytest.mark.parametrize("config_file", ["configs/cnn.toml", "configs/cnn_airbench94.toml"])
 def test_recipe_learns_on_held_out_real_images(backend, config_file):
     """The recipe, scaled to 2,000 training images (batch 100, 6 epochs, a
     narrow network), reaches well above chance on 1,000 images it never trained on."""
