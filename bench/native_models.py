@@ -25,7 +25,8 @@ CIFAR_STD = (62.99, 62.09, 66.70)
 # kerasvit.models.cnn.build_cnn's defaults.
 CNN_DEFAULTS = dict(image_shape=(32, 32, 3), num_classes=10, whitening_kernel_size=2,
                     widths=(64, 256, 256), batch_norm_momentum=0.6, logit_scale=1 / 9)
-VIT_DEFAULTS = dict(image_shape=(32, 32, 3), patch_size=4, num_layers=6, num_heads=4, hidden_dim=192,
+VIT_DEFAULTS = dict(image_shape=(32, 32, 3), patch_size=4, stem="conv", stem_widths=(64, 128),
+                    num_layers=6, num_heads=4, hidden_dim=192,
                     mlp_dim=384, dropout_rate=0.0, attention_dropout=0.0, drop_path_rate=0.1,
                     layer_norm_epsilon=1e-6, num_classes=10)
 # ViT-B/16 (keras-hub ViTBackbone arguments); the HF config is derived from these.
@@ -184,11 +185,32 @@ class Block(nn.Module):
         return x + drop_path(self.dropout(hidden), self.drop_path_rate, self.training)
 
 
-class NativeViT(nn.Module):
-    """kerasvit's `vit`: normalise -> patch conv -> [class token; patches] + positions ->
-    pre-norm blocks -> LayerNorm -> class token -> linear head."""
+class NativeConvStem(nn.Sequential):
+    """kerasvit.models.vit_layers.ConvPatchEmbedding: 3x3 conv + BatchNorm + GELU per stem
+    width, then a 3x3 conv to the width; the last log2(patch_size) convs have stride 2.
+    Same shapes and parameter counts; torch pads stride-2 convs on both sides where Keras'
+    "same" pads bottom/right only, which shifts the grid by a pixel (irrelevant to speed)."""
 
-    def __init__(self, image_shape=(32, 32, 3), patch_size=4, num_layers=6, num_heads=4,
+    def __init__(self, in_channels, patch_size, hidden_dim, stem_widths):
+        widths = [*stem_widths, hidden_dim]
+        first_strided = len(widths) - (patch_size.bit_length() - 1)
+        layers, channels = [], in_channels
+        for index, width in enumerate(widths):
+            last = index == len(widths) - 1
+            layers.append(nn.Conv2d(channels, width, 3, stride=2 if index >= first_strided else 1,
+                                    padding=1, bias=last))
+            if not last:  # Keras' BatchNormalization defaults: eps 1e-3, momentum 0.99
+                layers += [nn.BatchNorm2d(width, eps=1e-3, momentum=0.01), nn.GELU()]
+            channels = width
+        super().__init__(*layers)
+
+
+class NativeViT(nn.Module):
+    """kerasvit's `vit`: normalise -> conv stem (or patch conv) -> [class token; patches] +
+    positions -> pre-norm blocks -> LayerNorm -> class token -> linear head."""
+
+    def __init__(self, image_shape=(32, 32, 3), patch_size=4, stem="conv", stem_widths=(64, 128),
+                 num_layers=6, num_heads=4,
                  hidden_dim=192, mlp_dim=384, dropout_rate=0.0, attention_dropout=0.0,
                  drop_path_rate=0.1, layer_norm_epsilon=1e-6, num_classes=10,
                  fused_attention=True):
@@ -196,7 +218,9 @@ class NativeViT(nn.Module):
         height, width = image_shape[0], image_shape[1]
         num_patches = (height // patch_size) * (width // patch_size)
         self.normalize = Normalize()
-        self.patch_embedding = nn.Conv2d(image_shape[2], hidden_dim, patch_size, stride=patch_size)
+        self.patch_embedding = (
+            NativeConvStem(image_shape[2], patch_size, hidden_dim, stem_widths) if stem == "conv"
+            else nn.Conv2d(image_shape[2], hidden_dim, patch_size, stride=patch_size))
         self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
         self.positions = nn.Parameter(torch.zeros(1, num_patches + 1, hidden_dim))
         nn.init.trunc_normal_(self.class_token, std=0.02)
@@ -348,7 +372,7 @@ def airbench_hyperparameters(learning_rate, weight_decay, momentum, batch_size):
     return learning_rate * batch_size / kilostep_scale, weight_decay / learning_rate
 
 
-def nesterov_sgd_param_groups(module, step_size, decay, bias_lr_scale):
+def nesterov_sgd_param_groups(module, step_size, decay, bias_lr_scale, leave_out=()):
     """airbench94's groups, as kerasvit.training.recipe.make_optimizer sets up LookaheadNesterovSGD:
     BatchNorm offsets at `bias_lr_scale` x the step size with their decay divided by it (the
     same per-step shrinkage), everything else at the step size with decay `c`. The
@@ -359,8 +383,9 @@ def nesterov_sgd_param_groups(module, step_size, decay, bias_lr_scale):
     whiten = getattr(module, "whiten", None)
     whitening_bias = getattr(whiten, "bias", None)
     norm, whitening, other = [], [], []
+    left_out = {id(param) for param in leave_out}
     for param in module.parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or id(param) in left_out:
             continue
         if id(param) in bn_biases:
             norm.append(param)
@@ -380,22 +405,71 @@ def nesterov_sgd_param_groups(module, step_size, decay, bias_lr_scale):
 def make_nesterov_sgd(module, config):
     """torch.optim.SGD(nesterov=True) with airbench's groups (fused kernel where available,
     else foreach). No lookahead (kerasvit's LookaheadNesterovSGD has it: one weighted
-    average every `lookahead_every` steps). Returns (optimizer, implementation name)."""
+    average every `lookahead_every` steps). With `muon_learning_rate`, the conv kernels
+    take Muon steps instead (NesterovSGDWithMuon). Returns (optimizer, implementation name)."""
     step_size, decay = airbench_hyperparameters(config["learning_rate"], config["weight_decay"],
                                                 config["momentum"], config["batch_size"])
-    groups = nesterov_sgd_param_groups(module, step_size, decay, config["bias_lr_scale"])
+    muon = [p for p in module.parameters()
+            if p.requires_grad and p.ndim == 4] if config.get("muon_learning_rate") else []
+    groups = nesterov_sgd_param_groups(module, step_size, decay, config["bias_lr_scale"],
+                                       leave_out=muon)
     kwargs = dict(lr=step_size, momentum=config["momentum"], nesterov=True)
     try:
-        return torch.optim.SGD(groups, fused=True, **kwargs), "fused"
+        sgd, impl = torch.optim.SGD(groups, fused=True, **kwargs), "fused"
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.SGD(groups, foreach=True, **kwargs), "foreach"
+        sgd, impl = torch.optim.SGD(groups, foreach=True, **kwargs), "foreach"
+    if not muon:
+        return sgd, impl
+    return NesterovSGDWithMuon(sgd, muon, config["muon_learning_rate"],
+                               config["muon_momentum"]), f"{impl} SGD + Muon"
+
+
+def orthogonalize(matrix, steps=3):
+    """kerasvit.training.optimizers.orthogonalize: Muon's quintic Newton-Schulz iteration."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.T if tall else matrix
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class NesterovSGDWithMuon(torch.optim.Optimizer):
+    """airbench94_muon's optimizer as kerasvit's LookaheadNesterovSGD runs it: `sgd` (Nesterov
+    SGD) for everything but the conv kernels, which take Muon steps (momentum direction
+    orthogonalized; each kernel renormalised to norm sqrt(filters) first). One optimizer
+    for the bench's loop: its param_groups are SGD's plus the Muon group, so one LambdaLR
+    schedules both."""
+
+    def __init__(self, sgd, kernels, learning_rate, momentum):
+        super().__init__(kernels, dict(lr=learning_rate, muon_momentum=momentum))
+        self.sgd = sgd
+        self.muon_groups = list(self.param_groups)
+        self.param_groups = sgd.param_groups + self.muon_groups
+
+    @torch.no_grad()
+    def step(self):
+        self.sgd.step()
+        for group in self.muon_groups:
+            for kernel in group["params"]:
+                if kernel.grad is None:
+                    continue
+                buffer = self.state[kernel].setdefault("momentum", torch.zeros_like(kernel))
+                buffer.mul_(group["muon_momentum"]).add_(kernel.grad)
+                direction = kernel.grad + group["muon_momentum"] * buffer
+                filters = kernel.shape[0]  # torch kernels are (out, in, h, w)
+                kernel.mul_(filters ** 0.5 / (kernel.norm() + 1e-12))
+                update = orthogonalize(direction.reshape(filters, -1).float())
+                kernel.sub_(group["lr"] * update.reshape(kernel.shape).to(kernel.dtype))
 
 
 def make_optimizer(module, config, steps_per_epoch):
     """The native counterpart of kerasvit.training.recipe.make_optimizer for `config` (a
     TrainConfig as a dict): "adamw" -> AdamW with kerasvit's decay exclusions, "nesterov_sgd"
-    -> Nesterov SGD with airbench's groups; the config's schedule ("warmup_cosine" or
-    "triangular") as a LambdaLR stepped once per training step. Returns (optimizer,
+    -> Nesterov SGD with airbench's groups (and Muon); the config's schedule ("warmup_cosine",
+    "triangular" or "linear_decay") as a LambdaLR stepped once per training step. Returns (optimizer,
     scheduler, description)."""
     if config["optimizer"] == "adamw":
         optimizer, impl = make_adamw(module, config["learning_rate"], config["weight_decay"])
@@ -403,12 +477,17 @@ def make_optimizer(module, config, steps_per_epoch):
     elif config["optimizer"] == "nesterov_sgd":
         optimizer, impl = make_nesterov_sgd(module, config)
         description = f"torch.optim.SGD nesterov, airbench groups, no lookahead ({impl})"
+        if config.get("muon_learning_rate"):
+            description = (f"torch.optim.SGD nesterov + Muon on the conv kernels, airbench94_muon's "
+                           f"groups ({impl})")
     else:
         raise ValueError(f"no native optimizer for {config['optimizer']!r}")
     total = max(int(config["epochs"] * steps_per_epoch), 1)
     if config["schedule"] == "triangular":
         warmup = min(int(config["warmup_epochs"] * steps_per_epoch), total - 1)
         factor = triangular_factor(warmup, total)
+    elif config["schedule"] == "linear_decay":  # as recipe: triangular from 1x down to 0
+        factor = triangular_factor(0, total, start_factor=1.0, end_factor=0.0)
     else:
         factor = warmup_cosine_factor(int(config["warmup_epochs"] * steps_per_epoch), total)
     bias_steps = (math.ceil(config["whitening_bias_epochs"] * steps_per_epoch)

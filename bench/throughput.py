@@ -571,8 +571,11 @@ def optimizer_settings(config):
         out.update(momentum=config["momentum"], bias_lr_scale=config["bias_lr_scale"],
                    lookahead_every=config["lookahead_every"],
                    whitening_bias_epochs=config["whitening_bias_epochs"],
+                   muon_learning_rate=config["muon_learning_rate"],
+                   muon_momentum=config["muon_momentum"],
                    native="torch.optim.SGD(nesterov=True), airbench's parameter groups, "
-                          "no lookahead")
+                          "no lookahead" + (", Muon steps on the conv kernels"
+                                            if config["muon_learning_rate"] else ""))
     return out
 
 

@@ -91,11 +91,11 @@ def test_native_cnn_computes_the_keras_cnn():
     np.testing.assert_allclose(logits, keras_model.predict_on_batch(images), rtol=1e-4, atol=1e-4)
 
 
-def test_native_nesterov_sgd_follows_the_cnn_config():
+def test_native_nesterov_sgd_follows_the_airbench94_config():
     from kerasvit.config import config_path_for_model, load_config_file
     from kerasvit.training import optimizers
 
-    config = load_config_file(config_path_for_model("cnn")).to_dict()
+    config = load_config_file("configs/cnn_airbench94.toml").to_dict()
     assert config["optimizer"] == "nesterov_sgd"
     eta, decay = optimizers.airbench_hyperparameters(
         config["learning_rate"], config["weight_decay"], config["momentum"], config["batch_size"])
@@ -125,6 +125,38 @@ def test_native_nesterov_sgd_follows_the_cnn_config():
         native_models.build_native("vit", num_layers=1),
         load_config_file(config_path_for_model("vit")).to_dict(), steps_per_epoch=10)
     assert isinstance(vit, torch.optim.AdamW) and "AdamW" in vit_name
+
+
+def test_native_muon_follows_the_default_cnn_config():
+    """configs/cnn.toml: the conv kernels take Muon steps on their own group, the rest SGD;
+    every rate falls linearly to zero, as in Keras."""
+    from kerasvit.config import config_path_for_model, load_config_file
+
+    config = load_config_file(config_path_for_model("cnn")).to_dict()
+    assert config["muon_learning_rate"] > 0 and config["schedule"] == "linear_decay"
+    torch.manual_seed(0)
+    native = native_models.build_native("cnn", widths=(8, 8))
+    optimizer, scheduler, name = native_models.make_optimizer(native, config, steps_per_epoch=10)
+    assert isinstance(optimizer, native_models.NesterovSGDWithMuon) and "Muon" in name
+    kernels = [p for p in native.parameters() if p.requires_grad and p.ndim == 4]
+    (muon,) = optimizer.muon_groups
+    assert {id(p) for p in muon["params"]} == {id(p) for p in kernels} and kernels
+    sgd_params = {id(p) for group in optimizer.sgd.param_groups for p in group["params"]}
+    assert not sgd_params & {id(p) for p in kernels}
+    assert muon["lr"] == pytest.approx(config["muon_learning_rate"])
+    before = [kernel.detach().clone() for kernel in kernels]
+    native(torch.rand(4, 3, 32, 32) * 255).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    for kernel, old in zip(kernels, before):
+        assert not torch.equal(kernel, old)
+        # The step starts from the kernel renormalised to norm sqrt(filters).
+        assert float(kernel.norm()) == pytest.approx(kernel.shape[0] ** 0.5, rel=0.5)
+    # Keras' TriangularSchedule with no warmup holds the peak for step 0 and 1, then falls.
+    scheduler.step()
+    total = int(config["epochs"] * 10)
+    assert muon["lr"] == pytest.approx(config["muon_learning_rate"] * (1 - 1 / (total - 1)))
+    assert optimizer.sgd.param_groups[0]["lr"] < optimizer.sgd.param_groups[0]["initial_lr"]
 
 
 def test_native_vit_explicit_attention_equals_fused():
