@@ -81,8 +81,8 @@ def test_budget_watch_warns_once_with_the_epoch_time_from_the_logs(capsys):
 
 def test_budget_run_ends_in_time_with_the_schedule_finished(tmp_path):
     """The real CLI with a 90-second budget on a tiny CNN: the planned epochs are all
-    trained, the learning rate ends where the schedule ends (the cnn's triangular schedule:
-    at 0.07 of its peak; not cut off), and the process ends in time.
+    trained, the learning rate ends where the schedule ends (the cnn's linear decay: at
+    zero; not cut off at a high rate), and the process ends in time.
     (On JAX, start-up, data and the timing run took 34 s and compilation 6 s of it on a
     2-core CPU: a one-minute budget left room for one epoch at most.)"""
     budget_minutes = 1.5
@@ -97,9 +97,7 @@ def test_budget_run_ends_in_time_with_the_schedule_finished(tmp_path):
     assert config["epochs"] == planned["epochs"] == metrics["epochs"] == len(rows)
     assert config["time_budget_minutes"] == budget_minutes
     first_lr, last_lr = float(rows[0]["learning_rate"]), float(rows[-1]["learning_rate"])
-    assert last_lr == pytest.approx(0.07 * max(float(row["learning_rate"]) for row in rows),
-                                    rel=1e-3)
-    assert first_lr > last_lr
+    assert last_lr == 0.0 < first_lr
     assert metrics["process_wall_time_s"] <= 60 * budget_minutes
     assert "of a 90 s budget: within it" in result.stdout
     assert 0.0 <= metrics["test_accuracy_tta"] <= 1.0
