@@ -16,15 +16,10 @@ import warnings
 import numpy as np
 
 from kerasvit import CLASS_NAMES, cli
+from kerasvit.data import images as image_files
 from kerasvit.errors import UserError
 
 PROG = "kerasvit.predict"
-# Only these decoders may see user files: PIL's other plugins include rarely used formats
-# (EPS even runs Ghostscript), and none of them is a photo format anyone needs here.
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
-# Checked on the header, before decoding: a small file can claim 20000x20000 pixels
-# (1.2 GB of RGB); 25 megapixels covers any camera photo.
-MAX_PIXELS = 25_000_000
 
 
 class ImageError(UserError, ValueError):
@@ -53,15 +48,17 @@ def read_image(path):
             # its decompression-bomb warning (above 89 megapixels) becomes our refusal.
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=IMAGE_FORMATS) as image:
-                check_pixels(path, *image.size)  # the header only: nothing decoded yet
+            with image_files.open_image(path) as image:  # the header is checked first
                 image.load()
                 mode, size = image.mode, image.size
                 # convert("RGB") drops alpha by discarding it (not compositing); CIFAR has
                 # no transparency, so there is no better background to assume.
                 pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except ImageError:
-        raise
+    except image_files.TooManyPixels as error:
+        raise ImageError(f"{path}: is {error.width}x{error.height} pixels "
+                         f"({error.megapixels:.0f} megapixels); the limit is "
+                         f"{image_files.MAX_PIXELS / 1e6:.0f} megapixels (decompression bombs), "
+                         "resize it first") from None
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file; check the path") from None
     except IsADirectoryError:
@@ -70,7 +67,7 @@ def read_image(path):
     except PermissionError:
         raise ImageError(f"{path}: cannot be read (permission denied)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: has over {MAX_PIXELS / 1e6:.0f} megapixels (a possible "
+        raise ImageError(f"{path}: has over {image_files.MAX_PIXELS / 1e6:.0f} megapixels (a possible "
                          "decompression bomb); resize it first") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (or an unsupported format); expected "
@@ -82,13 +79,6 @@ def read_image(path):
     if min(pixels.shape[:2]) == 0:
         raise ImageError(f"{path}: has no pixels ({size[0]}x{size[1]})")
     return pixels, f"{size[0]}x{size[1]} {mode}"
-
-
-def check_pixels(path, width, height):
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"{path}: is {width}x{height} pixels ({width * height / 1e6:.0f} "
-                         f"megapixels); the limit is {MAX_PIXELS / 1e6:.0f} megapixels "
-                         "(decompression bombs), resize it first")
 
 
 def read_images(paths):

@@ -7,10 +7,11 @@ from pathlib import Path
 import keras
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from kerasvit import CLASS_NAMES
 from kerasvit.data import cifar, stream
+from kerasvit.data.images import MAX_PIXELS, TooManyPixels, open_image
 from kerasvit.explain import explanations, overlays
 
 # Candidates for the default sample: a seeded draw from the test set, large enough to
@@ -80,9 +81,13 @@ def read_image_files(paths, model):
     loaded = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 loaded.append(stream.prepare_images(
                     np.asarray(image.convert("RGB"))[None], explanations.input_size(model))[0])
+        except TooManyPixels as error:
+            raise explanations.ExplainError(
+                f"image {path} is {error} ({error.megapixels:.0f} megapixels); explain takes "
+                f"up to {MAX_PIXELS / 1e6:.0f} megapixels, resize it first") from None
         except (UnidentifiedImageError, OSError) as error:
             raise explanations.ExplainError(f"cannot read image {path} ({type(error).__name__}); "
                                "pass PNG or JPEG files") from None

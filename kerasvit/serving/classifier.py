@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kerasvit import CLASS_NAMES
 from kerasvit.data import cifar, stream
+from kerasvit.data.images import MAX_PIXELS, TooManyPixels, open_image
 from kerasvit.errors import UserError
 from kerasvit.evaluation import classification
 from kerasvit.explain import explanations
@@ -23,9 +24,6 @@ from kerasvit.runs import loading
 TOP_K = 5
 # Below this an image holds nothing recognisable once stretched to the model's input.
 MIN_SIDE = 8
-# Checked on the header, before decoding: a small PNG can claim 20000x20000 pixels (1.2 GB
-# of RGB); 25 megapixels (~75 MB decoded) covers any camera photo.
-MAX_PIXELS = 25_000_000
 EXAMPLE_POOL = 200  # the first test images, which hold every class
 
 
@@ -88,14 +86,18 @@ def read_upload(path):
     with a message for the page when the file cannot or should not be classified."""
     name = Path(path).name
     try:
-        with Image.open(path) as image:
-            check_size(name, *image.size)  # the header only: nothing decoded yet
+        with open_image(path) as image:  # the pixel count is checked on the header first
+            check_size(name, *image.size)
             image.load()
             notes = conversion_notes(image)
             # convert("RGB") drops alpha without compositing, as kerasvit.predict does.
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except BadImage:
         raise
+    except TooManyPixels as error:
+        raise BadImage(f"{name} is {error.width}x{error.height} pixels ({error.megapixels:.0f} "
+                       f"megapixels); the demo takes up to {MAX_PIXELS / 1e6:.0f} megapixels, "
+                       "please resize it") from None
     except Image.DecompressionBombError:
         # Image.open itself refuses twice PIL's pixel limit, before check_size runs.
         raise BadImage(f"{name} has over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
@@ -114,10 +116,6 @@ def check_size(name, width, height):
     if min(width, height) < MIN_SIDE:
         raise BadImage(f"{name} is {width}x{height} pixels; the demo needs at least "
                        f"{MIN_SIDE}x{MIN_SIDE} to show anything recognisable")
-    if width * height > MAX_PIXELS:
-        raise BadImage(f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} "
-                       f"megapixels); the demo takes up to {MAX_PIXELS / 1e6:.0f} megapixels, "
-                       "please resize it")
 
 
 def conversion_notes(image):

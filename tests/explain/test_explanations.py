@@ -259,11 +259,17 @@ def test_cli_explains_image_files_into_out(saved_models, tmp_path):
     (["{vit}", "--class", "cat"], "--class applies to Grad-CAM"),
     (["{cnn}", "--images", "missing.png"], "image file missing.png does not exist"),
     (["{cnn}", "--num-images", "0"], "--num-images must be positive"),
+    (["{cnn}", "--images", "{huge}"], "is 6000x5000 pixels (30 megapixels); explain takes up to 25"),
 ])
-def test_cli_bad_input_is_one_line(saved_models, capsys, arguments, message):
+def test_cli_bad_input_is_one_line(saved_models, tmp_path, capsys, arguments, message):
+    from cli_helpers import png_claiming
+
     from kerasvit.cli import explain
 
-    arguments = [a.format(**{k: str(v) for k, v in saved_models.items()}) for a in arguments]
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_claiming(6000, 5000))  # refused from its header, never decoded
+    paths = {**{k: str(v) for k, v in saved_models.items()}, "huge": str(huge)}
+    arguments = [a.format(**paths) for a in arguments]
     with pytest.raises(SystemExit) as exit_info:
         explain.main(arguments)
     error = capsys.readouterr().err.strip()
