@@ -70,7 +70,7 @@ def parse_args(argv=None):
                         "that are not counted (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds (default 3)")
     parser.add_argument("--batch-size", type=int,
-                        help="batch (default: the config's, cnn 1024, vit 256; vit_b16 8)")
+                        help="batch (default: the config's, cnn 2000, vit 128; vit_b16 8)")
     parser.add_argument("--contenders", help="comma-separated name patterns (fnmatch), or 'all'; "
                         "default: the default set (see --list)")
     parser.add_argument("--skip", help="comma-separated name patterns to leave out")

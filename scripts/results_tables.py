@@ -43,8 +43,10 @@ def recipe_name(config):
             continue
         changed = [f"{key}={config[key]}" for key in sorted(values)
                    if key not in RUN_KEYS and key in config and config[key] != values[key]]
-        if values.get("model_args", {}) != config.get("model_args", {}):
-            changed.append(f"model_args={config.get('model_args')}")
+        base_args, run_args = values.get("model_args", {}), config.get("model_args", {})
+        changed += [f"model_args.{key}={run_args.get(key)}"
+                    for key in sorted(base_args.keys() | run_args.keys())
+                    if run_args.get(key) != base_args.get(key)]
         if best is None or len(changed) < len(best[1]):
             best = (path.name, changed)
     return " ".join([best[0], *best[1]]) if best else config["model"]
@@ -52,6 +54,14 @@ def recipe_name(config):
 
 def percent(value):
     return "-" if value is None else f"{100 * value:.2f}"
+
+
+def minutes(seconds):
+    return "-" if seconds is None else f"{seconds / 60:.0f}"
+
+
+def rate(images_per_s):
+    return "-" if images_per_s is None else f"{images_per_s:.0f}"
 
 
 def mean_std(values):
@@ -65,13 +75,15 @@ def mean_std(values):
 
 def table(folder):
     runs = list(finished_runs(folder))
-    lines = ["| run | recipe | backend | seed | epochs | best val | test | test TTA |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | recipe | backend | seed | epochs | wall min | train img/s | best val | test "
+             "| test TTA |", "|---|---|---|---|---|---|---|---|---|---|"]
     groups = {}
     for run, config, env, metrics in runs:
         recipe = recipe_name(config)
         lines.append(f"| {run.name} | {recipe} | {env['backend']} | {config['seed']} | "
-                     f"{metrics['epochs']} | {percent(metrics.get('best_val_accuracy'))} | "
+                     f"{metrics['epochs']} | {minutes(metrics.get('wall_time_s'))} | "
+                     f"{rate(metrics.get('train_images_per_s'))} | "
+                     f"{percent(metrics.get('best_val_accuracy'))} | "
                      f"{percent(metrics['test_accuracy'])} | "
                      f"{percent(metrics.get('test_accuracy_tta'))} |")
         groups.setdefault((recipe, env["backend"]), []).append(metrics)

@@ -116,11 +116,7 @@ def import_tensorflow_quietly():
     is also kept off any GPU: it only feeds data, and must not take memory JAX/torch need."""
     with native_stderr_silenced():
         import absl.logging
-        import tensorflow as tf
+
+        import kerasvit.data.tensorflow_cpu  # noqa: F401  (the import that hides the GPUs)
 
         absl.logging.set_verbosity(absl.logging.ERROR)  # tfds' INFO/WARNING chatter
-
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:
-            pass  # Devices already initialised by an earlier import: nothing to change.

@@ -13,6 +13,7 @@ import sys
 from kerasvit import cli
 from kerasvit.compare import leaderboard
 from kerasvit.errors import UserError
+from kerasvit.evaluation import summary
 from kerasvit.runs import folders
 
 PROG = "kerasvit.compare_models"
@@ -48,9 +49,12 @@ def main(argv=None):
     try:
         run_dirs = [leaderboard.check_run_folder(path)
                     for path in leaderboard.unique_paths(args.runs)]
-        for run_dir in run_dirs:
-            if args.reevaluate or leaderboard.evaluation_of(run_dir) is None:
-                leaderboard.evaluate_run(run_dir, args, backend)
+        to_evaluate = [run_dir for run_dir in run_dirs
+                       if args.reevaluate or leaderboard.evaluation_of(run_dir) is None]
+        if to_evaluate:
+            cli.import_tensorflow_quietly()
+        for run_dir in to_evaluate:  # Each prints what it evaluates, then its summary.
+            print(summary.screen_summary(*leaderboard.evaluate_run(run_dir, args, backend)))
         rows, histories = leaderboard.collect_rows(run_dirs)
         out_dir = leaderboard.new_report_dir(args.out)
     except UserError as error:

@@ -7,11 +7,9 @@ Writes into the run folder (or --out): metrics.json (the training keys kept, thi
 under "evaluation"), report.md, predictions.npz and the figures confusion_matrix.png,
 per_class_accuracy.png, training_curves.png (run folders only), mistakes.png, samples.png."""
 
-
-
 from kerasvit import cli
 from kerasvit.errors import UserError
-from kerasvit.evaluation import run, tta
+from kerasvit.evaluation import run, summary, tta
 from kerasvit.runs import folders, loading
 
 PROG = "kerasvit.evaluate"
@@ -61,7 +59,8 @@ def main(argv=None):
             data_dir=args.data_dir, tta_views=tta_views, unsafe_load=args.unsafe_load)
     except UserError as error:
         cli.fail(PROG, str(error))
-    print_summary(out_dir, evaluation)
+    print()
+    print(summary.screen_summary(out_dir, evaluation))
     return out_dir
 
 
@@ -69,21 +68,6 @@ def check_before_imports(args):
     """The model file and the output folder, checked before the slow framework imports."""
     model_path, run_dir, _ = loading.check_model_file(args.model, args.unsafe_load)
     folders.check_can_create(run.output_path(args.out, run_dir, model_path), flag="--out")
-
-
-def print_summary(out_dir, evaluation):
-    print("\n".join([
-        "",
-        f"  test accuracy   {evaluation['accuracy']:.4f}  (top-5 {evaluation['top5_accuracy']:.4f}, "
-        f"macro F1 {evaluation['f1_macro']:.4f}, loss {evaluation['loss']:.4f})",
-        *([f"  with TTA        {evaluation['tta']['accuracy']:.4f}  (top-5 "
-           f"{evaluation['tta']['top5_accuracy']:.4f}, macro F1 {evaluation['tta']['f1_macro']:.4f})"]
-          if "tta" in evaluation else []),
-        f"  throughput      {evaluation['images_per_s']:.0f} images/s "
-        f"(batch {evaluation['throughput_batch_size']})",
-        f"  latency         {evaluation['latency_ms']:.2f} ms per image (batch 1, median)",
-        f"  report          {out_dir / 'report.md'}",
-    ]))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasvit import cli
 from kerasvit.errors import UserError
 from kerasvit.runs import folders
 
@@ -75,13 +74,14 @@ def evaluation_of(run_dir):
 
 
 def evaluate_run(run_dir, args, backend):
-    """kerasvit.evaluate on one run folder, with this command's evaluation flags."""
+    """kerasvit.evaluate on one run folder, with this command's evaluation flags; returns
+    (report folder, evaluation). TensorFlow must be imported already (kerasvit.cli does)."""
     from kerasvit.evaluation import run
 
-    cli.import_tensorflow_quietly()
     try:
-        run.evaluate(run_dir, backend, batch_size=args.batch_size, test_images=args.test_images,
-                     timing_repeats=args.timing_repeats, data_dir=args.data_dir)
+        return run.evaluate(run_dir, backend, batch_size=args.batch_size,
+                            test_images=args.test_images, timing_repeats=args.timing_repeats,
+                            data_dir=args.data_dir)
     except run.OutputError as error:  # Not a UserError, but the user's to fix.
         raise NotARunError(str(error)) from None
 

@@ -6,6 +6,6 @@ import tensorflow as tf
 try:
     tf.config.set_visible_devices([], "GPU")
 except RuntimeError:
-    pass  # Already initialised (e.g. by kerasvit.cli.import_tensorflow_quietly).
+    pass  # Devices already initialised by an earlier TensorFlow import: nothing to change.
 
 __all__ = ["tf"]

@@ -21,10 +21,10 @@ def summary_table(evaluation):
          f"{evaluation['images_per_s']:.0f}"),
         ("latency per image (ms, batch 1, median)", f"{evaluation['latency_ms']:.2f}"),
     ]
-    if "tta" in evaluation:  # Reported apart: TTA costs two forward passes per image.
-        rows[2:2] = [("test accuracy with flip TTA (2 passes per image)",
-                      evaluation["tta"]["accuracy"]),
-                     ("top-5 accuracy with flip TTA", evaluation["tta"]["top5_accuracy"])]
+    if "tta" in evaluation:  # Reported apart: TTA costs a forward pass per view.
+        rows[2:2] = [("test accuracy with TTA", evaluation["tta"]["accuracy"]),
+                     ("top-5 accuracy with TTA", evaluation["tta"]["top5_accuracy"]),
+                     ("TTA", evaluation["tta"]["method"])]
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {format_value(value)} |" for name, value in rows]
     return lines
@@ -81,3 +81,18 @@ def report_markdown(evaluation, figure_names, training=None):
         "![samples](samples.png)", "",
     ]
     return "\n".join(lines)
+
+
+def screen_summary(out_dir, evaluation):
+    """The lines kerasvit.evaluate (and compare_models, per run it evaluates) prints."""
+    tta = evaluation.get("tta")
+    return "\n".join([
+        f"  test accuracy   {evaluation['accuracy']:.4f}  (top-5 {evaluation['top5_accuracy']:.4f}, "
+        f"macro F1 {evaluation['f1_macro']:.4f}, loss {evaluation['loss']:.4f})",
+        *([f"  with TTA        {tta['accuracy']:.4f}  (top-5 {tta['top5_accuracy']:.4f}, "
+           f"macro F1 {tta['f1_macro']:.4f})"] if tta else []),
+        f"  throughput      {evaluation['images_per_s']:.0f} images/s "
+        f"(batch {evaluation['throughput_batch_size']})",
+        f"  latency         {evaluation['latency_ms']:.2f} ms per image (batch 1, median)",
+        f"  report          {out_dir / 'report.md'}",
+    ])

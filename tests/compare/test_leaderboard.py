@@ -2,7 +2,9 @@
 rows, runs evaluated when they have no evaluation, data-setting flags, no overwrites, and one
 clear line for a folder that is not a run. Plus the Pareto front and flags by hand."""
 
+import contextlib
 import csv
+import io
 import json
 import re
 
@@ -51,9 +53,11 @@ def tiny_runs(tmp_path_factory):
 def report(tiny_runs):
     base, run_dirs = tiny_runs
     cnn_evaluated_at = read_json(run_dirs["cnn"] / "metrics.json")["evaluation"]["evaluated_at"]
-    out_dir = compare_models.main([*map(str, run_dirs.values()), "--out", str(base / "reports"),
-                                *EVALUATION_FLAGS])
-    return out_dir, run_dirs, cnn_evaluated_at
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        out_dir = compare_models.main([*map(str, run_dirs.values()),
+                                       "--out", str(base / "reports"), *EVALUATION_FLAGS])
+    return out_dir, run_dirs, cnn_evaluated_at, printed.getvalue()
 
 
 def read_json(path):
@@ -61,7 +65,7 @@ def read_json(path):
 
 
 def test_every_output_file_is_written_in_a_new_models_folder(report, tiny_runs):
-    out_dir, _, _ = report
+    out_dir, *_ = report
     assert out_dir.parent == tiny_runs[0] / "reports"
     assert re.fullmatch(r"models-\d{8}-\d{6}(-\d+)?", out_dir.name)
     for name in OUTPUT_FILES:
@@ -70,7 +74,7 @@ def test_every_output_file_is_written_in_a_new_models_folder(report, tiny_runs):
 
 
 def test_one_row_per_run_ranked_by_test_accuracy(report, backend):
-    out_dir, run_dirs, _ = report
+    out_dir, run_dirs, *_ = report
     with open(out_dir / "models.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(row["model"] for row in rows) == sorted(run_dirs)
@@ -92,14 +96,19 @@ def test_one_row_per_run_ranked_by_test_accuracy(report, backend):
 
 
 def test_runs_are_evaluated_only_when_they_have_no_evaluation(report):
-    _, run_dirs, cnn_evaluated_at = report
+    _, run_dirs, cnn_evaluated_at, printed = report
     assert read_json(run_dirs["cnn"] / "metrics.json")["evaluation"]["evaluated_at"] == cnn_evaluated_at
+    assert f"evaluating {run_dirs['cnn']}" not in printed
     for name in ("resnet18", "mobilenet"):
         assert (run_dirs[name] / "report.md").is_file()  # written by kerasvit.evaluate
+        # ... and its summary printed, as kerasvit.evaluate prints it.
+        accuracy = read_json(run_dirs[name] / "metrics.json")["evaluation"]["accuracy"]
+        summary = printed.split(f"evaluating {run_dirs[name]}", 1)[1].split("report ", 1)[0]
+        assert f"\n  test accuracy   {accuracy:.4f}  (top-5 " in summary, summary
 
 
 def test_runs_with_other_data_settings_are_flagged(report):
-    out_dir, _, _ = report
+    out_dir, *_ = report
     by_model = {row["model"]: row for row in read_json(out_dir / "models.json")["runs"]}
     assert by_model["cnn"]["comparable"] and by_model["resnet18"]["comparable"]
     note = by_model["mobilenet"]["comparability_note"]
@@ -110,7 +119,7 @@ def test_runs_with_other_data_settings_are_flagged(report):
 
 
 def test_a_second_comparison_never_overwrites_the_first(report, tiny_runs):
-    out_dir, run_dirs, _ = report
+    out_dir, run_dirs, *_ = report
     again = compare_models.main([*map(str, run_dirs.values()), "--out", str(out_dir.parent)])
     assert again != out_dir and (out_dir / "models.md").is_file()
 
