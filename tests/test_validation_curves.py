@@ -1,0 +1,36 @@
+"""scripts/validation_curves.py: the per-epoch validation plot of the README's ViT section."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("validation_curves",
+                                                  REPO / "scripts" / "validation_curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_curves_are_read_per_epoch_and_plotted(tmp_path):
+    script = load_script()
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "results/cnn/cnn-tf-s0", run)
+    epochs, accuracy = script.read_curve(run)
+    assert epochs == list(range(1, 11))
+    assert 80 < accuracy[-1] <= 100 and accuracy[-1] > accuracy[0]
+    assert script.label(run) == "run (tensorflow)"
+    out = tmp_path / "curves.png"
+    script.main([str(run), "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_folder_without_history_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_script().main([str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert "no history.csv in" in capsys.readouterr().err
