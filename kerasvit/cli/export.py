@@ -13,6 +13,7 @@ and its latency at batch 1 and 256."""
 import sys
 
 from kerasvit import cli
+from kerasvit.data import cifar
 from kerasvit.errors import UserError
 from kerasvit.runs import folders, loading
 from kerasvit.serving import export
@@ -42,6 +43,9 @@ def check_args(args):
                                  ("--timing-repeats", args.timing_repeats, 1)):
         if value < minimum:
             cli.fail(PROG, f"{flag} must be at least {minimum}, got {value}")
+    if args.test_images > cifar.CIFAR10_TEST_IMAGES:
+        cli.fail(PROG, f"--test-images {args.test_images} is more than the "
+                       f"{cifar.CIFAR10_TEST_IMAGES:,} CIFAR-10 test images")
 
 
 def main(argv=None):

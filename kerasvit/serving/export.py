@@ -267,16 +267,16 @@ def latencies(runner, images, repeats):
 def export(source, format, backend, out=None, test_images=1000, timing_repeats=10,
            data_dir=None, unsafe_load=False):
     """Exports a run folder's (or `.keras` file's) model as `format` into a new folder and
-    checks it; returns (folder, the export.json dict)."""
-    from kerasvit.data import stream
-    from kerasvit.evaluation import run as evaluation_run
+    checks it; returns (folder, the export.json dict). timing_repeats=0 skips the latency."""
+    from kerasvit.data import cifar, stream
     from kerasvit.runs import environment, folders, loading
 
     model, config, run_dir = loading.load_run(source, unsafe_load)
     model_path, _ = loading.resolve_model_path(source)
     out = Path(out) if out else default_out(model_path, run_dir, format)
     check_out(out)
-    pixels, _ = evaluation_run.load_test_set(data_dir, max(test_images, max(LATENCY_BATCHES)))
+    pixels, _ = cifar.load_test_images(cifar.resolve_data_dir(data_dir or ""),
+                                       max(test_images, max(LATENCY_BATCHES)))
     images = np.asarray(stream.prepare_images(pixels, model.input_shape[1:3]), np.float32)
 
     exported = float32_model(model)
@@ -320,8 +320,10 @@ def export(source, format, backend, out=None, test_images=1000, timing_repeats=1
             "size_bytes": artifact_size(artifact),
             "export_seconds": export_seconds,
             "parity": checked,
-            "latency_ms": latencies(runner, images, timing_repeats),
-            "keras_latency_ms": latencies(model, images, timing_repeats),
+            # timing_repeats=0 skips the timing (tests that check predictions only).
+            "latency_ms": latencies(runner, images, timing_repeats) if timing_repeats else None,
+            "keras_latency_ms": (latencies(model, images, timing_repeats) if timing_repeats
+                                 else None),
             "timing_method": (f"median of up to {timing_repeats} calls per batch size after "
                               f"{WARMUP_NOTE}; artifact in {runner.runtime}, `.keras` model "
                               f"with predict_on_batch on {backend}; CPU: "
@@ -351,7 +353,7 @@ def first_line(error):
 def summary(out, report):
     """What the command prints: where, parity, size and latency, one line each."""
     checked = report["parity"]
-    latency, keras_latency = report["latency_ms"], report["keras_latency_ms"]
+    latency, keras_latency = report["latency_ms"] or {}, report["keras_latency_ms"] or {}
     same = checked["max_probability_difference"] <= checked["tolerance"]
     lines = [
         f"exported {report['model']} as {label(report['format'])} on {report['backend']}: "
@@ -360,9 +362,10 @@ def summary(out, report):
         f"test images): max probability difference {checked['max_probability_difference']:.2e} "
         f"({'within' if same else 'ABOVE'} {checked['tolerance']:.0e}), top-1 agreement "
         f"{100 * checked['top1_agreement']:.1f}%",
-        "latency (median ms): " + ", ".join(
+        "latency (median ms): " + (", ".join(
             f"batch {size}: {latency[f'batch_{size}']:.2f} (keras "
-            f"{keras_latency[f'batch_{size}']:.2f})" for size in LATENCY_BATCHES),
+            f"{keras_latency[f'batch_{size}']:.2f})" for size in LATENCY_BATCHES)
+            if latency else "not measured"),
         f"wrote {Path(out) / 'export.json'}",
     ]
     if report["converted_to_float32"]:
