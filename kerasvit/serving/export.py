@@ -162,13 +162,15 @@ def export_onnx_torch(model, path):
             return self.wrapped(images, training=False)
 
     sample = torch.zeros((2, *input_spec_shape(model)[1:]), dtype=torch.float32)
+    module = Inference(model)
+    module.train(False)  # inference mode (what .eval() does)
     with contextlib.redirect_stdout(io.StringIO()), quiet_logger("torch.onnx"), \
             warnings.catch_warnings():
         # torch.export's own deprecation notices (pytree LeafSpec, ...) are not the user's.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         program = torch.onnx.export(
-            Inference(model).eval(), (sample,), dynamo=True, input_names=["images"],
+            module, (sample,), dynamo=True, input_names=["images"],
             output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=ONNX_OPSET, verbose=False)
         program.optimize()
