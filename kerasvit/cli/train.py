@@ -22,6 +22,7 @@ from kerasvit.data import cifar  # noqa: E402
 from kerasvit.errors import UserError  # noqa: E402
 from kerasvit.models import MODEL_NAMES, vit_b16  # noqa: E402
 from kerasvit.runs import folders, loading  # noqa: E402
+from kerasvit.training import tracking  # noqa: E402
 
 PROG = "kerasvit.train"
 
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set model_args.num_layers=8")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also track the run with Weights & Biases (WANDB_* variables "
+                             "apply; WANDB_MODE=offline logs into <run>/wandb/)")
     distribution.add_flags(parser)
     return parser.parse_args(argv)
 
@@ -104,6 +108,8 @@ def main(argv=None):
         if config.model == "vit_b16":
             vit_b16.check_preset_folder(config.model_args.get("preset", vit_b16.DEFAULT_PRESET))
         distribution.check_request(config.distribute, backend, args.hosts)
+        if args.wandb:
+            tracking.check_available()
         with cli.sigterm_as_interrupt():
             cli.import_tensorflow_quietly()
             return run(config, backend, args)
@@ -154,9 +160,16 @@ def run(config, backend, args):
           f"{len(splits['train'][0])} train / {len(splits['validation'][0])} validation images)")
     if note := distribution.evaluation_note(splits, config.batch_size):
         print(note)
+    tracker = tracking.WandbTracker(run_dir, config, backend) if args.wandb else None
     try:
-        metrics = training_run.train_and_save(model, config, splits, backend, run_dir, started,
-                                              PROCESS_START, resumed_at, plan)
+        try:
+            metrics = training_run.train_and_save(model, config, splits, backend, run_dir,
+                                                  started, PROCESS_START, resumed_at, plan,
+                                                  tracker)
+        except BaseException:
+            if tracker:
+                tracker.abort()
+            raise
     except KeyboardInterrupt as interrupt:
         cli.fail(PROG, f"interrupted by {cli.interrupt_signal(interrupt)}; "
                        f"{training_run.saved_epochs(run_dir, config)}. Resume with: "

@@ -41,6 +41,20 @@ def load_cifar10(data_dir=None):
     return splits
 
 
+def load_test_images(data_dir=None, limit=0):
+    """The first `limit` test images (all when 0) as (uint8 images, int64 labels), read
+    without the training split: ~0.3 s for 1,000 where load_cifar10 takes ~10 s."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    if not builder.is_prepared():
+        download(builder, data_dir)
+    split = f"test[:{limit}]" if limit else "test"
+    dataset = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+    images, labels = tfds.as_numpy(dataset)
+    return images, labels.astype(np.int64)
+
+
 def download(builder, data_dir):
     where = data_dir or "TFDS's default folder (~/tensorflow_datasets)"
     # Offline, tfds retries for minutes before it gives up: probe the host first.

@@ -67,10 +67,12 @@ def read_json_or_none(path):
 
 
 def train_and_save(model, config, splits, backend, run_dir, started, process_start,
-                   resumed_at=None, plan=None):
+                   resumed_at=None, plan=None, tracker=None):
     """Fits, evaluates the test split once, writes model.keras and metrics.json; returns
-    the metrics."""
+    the metrics. `tracker` (kerasvit.training.tracking) logs the epochs and the results."""
     watch = [budget.BudgetWatch(plan, process_start, config.epochs)] if plan else []
+    if tracker:
+        watch += tracker.callbacks()
     history, monitor = loop.fit(model, config, splits, backend, run_dir, extra_callbacks=watch)
     bad_epoch = callbacks.first_nonfinite_epoch(history)
     if bad_epoch is not None:
@@ -106,6 +108,8 @@ def train_and_save(model, config, splits, backend, run_dir, started, process_sta
     if resumed_at is not None:
         metrics["resumed_after_epochs"] = resumed_at  # this process trained the rest
     loop.save_outputs(model, run_dir, metrics)
+    if tracker:
+        tracker.finish(model, config, splits, metrics, run_dir)
     return metrics
 
 

@@ -43,23 +43,25 @@ def test_code_that_the_scan_misses_is_still_refused_by_keras_safe_mode(lambda_mo
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("program", ["evaluate", "predict", "explain", "demo"])
+@pytest.mark.parametrize("program", ["evaluate", "predict", "explain", "demo", "export"])
 def test_every_model_loading_cli_has_unsafe_load(program):
     import importlib
 
     module = importlib.import_module(f"kerasvit.cli.{program}")
-    argv = ["--model", "m.keras", "x.png"] if program == "predict" else ["m.keras"]
+    argv = {"predict": ["--model", "m.keras", "x.png"],
+            "export": ["m.keras", "--format", "onnx"]}.get(program, ["m.keras"])
     assert module.parse_args([*argv, "--unsafe-load"]).unsafe_load is True
     assert module.parse_args(argv).unsafe_load is False
 
 
-@pytest.mark.parametrize("program", ["explain", "demo"])
-def test_explain_and_demo_refuse_a_lambda_layer(program, lambda_model, capsys):
+@pytest.mark.parametrize("program", ["explain", "demo", "export"])
+def test_explain_demo_and_export_refuse_a_lambda_layer(program, lambda_model, capsys):
     import importlib
 
     path, marker = lambda_model
+    extra = ["--format", "onnx"] if program == "export" else []
     with pytest.raises(SystemExit) as refused:
-        importlib.import_module(f"kerasvit.cli.{program}").main([str(path)])
+        importlib.import_module(f"kerasvit.cli.{program}").main([str(path), *extra])
     assert refused.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--unsafe-load" in lines[0], lines
