@@ -21,7 +21,7 @@ from kerasvit.config import read_config_values  # noqa: E402  (no keras: a cheap
 
 RESULTS = REPO / "results"
 README = REPO / "README.md"
-TABLES = {"cnn": RESULTS / "cnn"}  # marker name -> folder of run folders
+TABLES = {"cnn": RESULTS / "cnn", "vit": RESULTS / "vit"}  # marker name -> folder of run folders
 BEGIN, END = "<!-- results:{} begin (scripts/results_tables.py) -->", "<!-- results:{} end -->"
 # Keys that say where or which run, not what recipe.
 RUN_KEYS = {"seed", "data_dir", "model_args"}
@@ -56,8 +56,13 @@ def percent(value):
     return "-" if value is None else f"{100 * value:.2f}"
 
 
-def minutes(seconds):
-    return "-" if seconds is None else f"{seconds / 60:.0f}"
+def wall_minutes(metrics):
+    """The run's recorded wall time; after a resume, only the part since then."""
+    seconds, resumed = metrics.get("wall_time_s"), metrics.get("resumed_after_epochs")
+    if seconds is None:
+        return "-"
+    since = f" (epochs {resumed + 1}-{metrics['epochs']})" if resumed else ""
+    return f"{seconds / 60:.0f}{since}"
 
 
 def rate(images_per_s):
@@ -81,7 +86,7 @@ def table(folder):
     for run, config, env, metrics in runs:
         recipe = recipe_name(config)
         lines.append(f"| {run.name} | {recipe} | {env['backend']} | {config['seed']} | "
-                     f"{metrics['epochs']} | {minutes(metrics.get('wall_time_s'))} | "
+                     f"{metrics['epochs']} | {wall_minutes(metrics)} | "
                      f"{rate(metrics.get('train_images_per_s'))} | "
                      f"{percent(metrics.get('best_val_accuracy'))} | "
                      f"{percent(metrics['test_accuracy'])} | "

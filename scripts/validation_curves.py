@@ -1,10 +1,12 @@
 """Validation accuracy per epoch of finished or running runs, on one plot (a PNG).
 
-    python scripts/validation_curves.py results/vit/* results/budget/vit_fast-torch-60min-seed0 \
-        --out results/vit/validation_curves.png
+    python scripts/validation_curves.py results/vit/vit-conv-tf-s0 \
+        results/budget/vit_fast-torch-60min-seed0 --out results/vit/validation_curves.png \
+        --labels "vit.toml (conv stem, 20 epochs), tensorflow" \
+                 "old recipe: vit_fast.toml (patch stem, 9 epochs), torch"
 
 Each run folder needs history.csv (written after every epoch, so a run still training can be
-plotted too); its label is the folder name, with its backend from env.json.
+plotted too); its label is the folder name with its backend from env.json, unless --labels.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_curve(run):
@@ -31,12 +34,13 @@ def label(run):
     return f"{run.name} ({backend})" if backend and backend not in run.name else run.name
 
 
-def plot(runs, out, title):
+def plot(runs, out, title, labels=None):
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
-    for run in runs:
+    for run, text in zip(runs, labels or [None] * len(runs)):
         epochs, accuracy = read_curve(run)
-        axes.plot(epochs, accuracy, marker="o", markersize=3, label=label(run))
+        axes.plot(epochs, accuracy, marker="o", markersize=3, label=text or label(run))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy (%)")
     axes.set_title(title)
@@ -50,11 +54,16 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", type=Path, help="run folders with a history.csv")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--title", default="Validation accuracy per epoch (5,000 images)")
+    parser.add_argument("--labels", nargs="+", help="legend labels, one per run (default: the "
+                                                     "folder name and backend)")
     args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.runs):
+        parser.error(f"--labels needs one label per run: {len(args.runs)} runs, "
+                     f"{len(args.labels)} labels")
     missing = [str(run) for run in args.runs if not (run / "history.csv").is_file()]
     if missing:
         parser.error(f"no history.csv in {', '.join(missing)}")
-    plot(args.runs, args.out, args.title)
+    plot(args.runs, args.out, args.title, args.labels)
     print(f"wrote {args.out}")
 
 

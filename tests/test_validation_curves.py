@@ -34,3 +34,10 @@ def test_a_folder_without_history_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         load_script().main([str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert "no history.csv in" in capsys.readouterr().err
+
+
+def test_labels_must_match_the_runs(tmp_path, capsys):
+    run = REPO / "results/cnn/cnn-tf-s0"
+    with pytest.raises(SystemExit):
+        load_script().main([str(run), "--out", str(tmp_path / "x.png"), "--labels", "a", "b"])
+    assert "--labels needs one label per run: 1 runs, 2 labels" in capsys.readouterr().err
