@@ -16,6 +16,7 @@ MODEL_MODULES = {
     "vit_b16": "kerasvit.models.vit_b16",
     "resnet18": "kerasvit.models.resnet",
     "mobilenet": "kerasvit.models.mobilenet",
+    "alexnet": "kerasvit.models.alexnet",
 }
 MODEL_NAMES = tuple(MODEL_MODULES)
 
