@@ -67,7 +67,7 @@ def test_existing_run_dir_is_refused_without_touching_it(tiny_cnn_run):
     (["--set", "epoch=2"], "unknown config key 'epoch'"),
     (["--set", "learning_rate=fast"], "learning_rate must be of type float"),
     (["--set", "model_args.depth=3"], "unknown model argument 'depth'"),
-    (["--preset", "x"], "--preset applies only to --model vit_b16"),
+    (["--preset", "x"], "--preset applies only to --model vit_b16 or pretrained, not cnn"),
     (["--config", "nope.toml"], "config file nope.toml not found"),
     (["--resume", "."], "is not a kerasvit run folder"),
     (["--subset-per-class", "6000"], "larger than the"),
