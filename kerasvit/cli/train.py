@@ -32,6 +32,7 @@ FLAG_KEYS = {
     "batch_size": "batch_size",
     "learning_rate": "learning_rate",
     "subset_per_class": "subset_per_class",
+    "test_per_class": "test_per_class",
     "data_dir": "data_dir",
     "seed": "seed",
     "mixed_precision": "mixed_precision",
@@ -54,6 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--subset-per-class", type=int, help="N training images per class")
+    parser.add_argument("--test-per-class", type=int,
+                        help="test on the first N test images of each class (default: all)")
     parser.add_argument("--data-dir", help="TFDS data folder (default: $TFDS_DATA_DIR)")
     parser.add_argument("--run-dir", help="output folder (default: runs/<model>-<backend>-<time>)")
     parser.add_argument("--seed", type=int)
@@ -128,7 +131,8 @@ def run(config, backend, args):
     started = time.time()
     # Data first: a missing dataset or a subset it cannot give is reported before the
     # (slow) keras import.
-    splits = cifar.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
+    splits = cifar.load_splits(config.data_dir, config.validation_size, config.subset_per_class,
+                               config.test_per_class)
     if config.test_images:
         splits["test"] = tuple(array[:config.test_images] for array in splits["test"])
     from kerasvit import models
