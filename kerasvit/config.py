@@ -73,6 +73,9 @@ class TrainConfig:
     validation_size: int = 5000
     # 0 means the whole 10,000-image test split; N tests on its first N images (quick checks).
     test_images: int = 0
+    # 0 means every test image; N tests on the first N test images of each class (the subset
+    # experiment: e.g. 100 training and 25 test images per class). test_images applies after.
+    test_per_class: int = 0
     augmentation: str = "pad_crop_flip"
     # "" means $TFDS_DATA_DIR, else TFDS's default (~/tensorflow_datasets).
     data_dir: str = ""
@@ -259,7 +262,8 @@ def validate(config):
             raise ConfigError(f"{name} must be a finite number, got {getattr(config, name)}")
     if config.learning_rate <= 0:
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}")
-    for name in ("subset_per_class", "validation_size", "test_images", "steps_per_epoch",
+    for name in ("subset_per_class", "validation_size", "test_images", "test_per_class",
+                 "steps_per_epoch",
                  "weight_decay", "warmup_epochs", "label_smoothing", "time_budget_minutes"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")

@@ -192,6 +192,11 @@ BAD_INPUTS = [
              ("--model", "vit_b16", "--preset", "{resnet-preset}"),
              "holds a ResNetBackbone model, not a ViT", "needs a ViT preset",
              files=("resnet-preset",)),
+    BadInput("pretrained-missing-preset-folder", "train",
+             ("--model", "pretrained", "--preset", "{tmp}/no-preset"),
+             "preset folder {tmp}/no-preset does not exist", "pass a folder made with save_to_preset"),
+    BadInput("test-per-class-larger-than-data", "train", ("--test-per-class", "1001"),
+             "test_per_class 1001 is larger than the 1000", "use at most 1000"),
     # ---- train: run folders
     BadInput("resume-not-a-run", "train", ("--resume", "{folder}"),
              "is not a kerasvit run folder (no config.json)", "pass the folder of an interrupted run",

@@ -62,7 +62,7 @@ def run(args):
 
     model, config, run_dir = loading.load_run(args.model, args.unsafe_load)
     model_name = loading.model_name(model, config)
-    if args.class_name and explanations.explain_method(model_name) != "gradcam":
+    if args.class_name and explanations.explain_method(model_name, model) != "gradcam":
         raise explanations.ExplainError("--class applies to Grad-CAM (cnn) only: attention maps do not "
                            "depend on a class")
     out_dir = output_folder(args, run_dir)
@@ -74,7 +74,7 @@ def run(args):
         sources = [f"test image {i}" for i in indices]
     class_index = explanations.class_index_of(args.class_name) if args.class_name else None
     entries = report.explain_and_draw(model, model_name, images, labels, sources, class_index, out_dir)
-    index_path = report.write_index(out_dir, entries, model_name, args.model)
+    index_path = report.write_index(out_dir, entries, model_name, args.model, model)
     print(f"wrote {len(entries)} figures and {index_path}")
     return index_path
 

@@ -2,6 +2,7 @@
 
     KERAS_BACKEND=torch python -m kerasvit.train --model cnn --epochs 5
     KERAS_BACKEND=jax python -m kerasvit.train --model vit_b16 --preset path/to/preset
+    KERAS_BACKEND=jax python -m kerasvit.train --model pretrained --preset resnet_18_imagenet --finetune linear
     python -m kerasvit.train --resume runs/cnn-torch-20261122-101500
 
 Flow: flags -> config, sizes, output folder (checked, no keras yet) -> data -> model ->
@@ -20,7 +21,7 @@ from kerasvit import cli, distribution  # noqa: E402
 from kerasvit.config import PRECISION_CHOICES, ConfigError, check_model_args, resolve  # noqa: E402
 from kerasvit.data import cifar  # noqa: E402
 from kerasvit.errors import UserError  # noqa: E402
-from kerasvit.models import MODEL_NAMES, vit_b16  # noqa: E402
+from kerasvit.models import MODEL_NAMES, pretrained, vit_b16  # noqa: E402
 from kerasvit.runs import folders, loading  # noqa: E402
 from kerasvit.training import tracking  # noqa: E402
 
@@ -32,6 +33,7 @@ FLAG_KEYS = {
     "batch_size": "batch_size",
     "learning_rate": "learning_rate",
     "subset_per_class": "subset_per_class",
+    "test_per_class": "test_per_class",
     "data_dir": "data_dir",
     "seed": "seed",
     "mixed_precision": "mixed_precision",
@@ -41,7 +43,9 @@ FLAG_KEYS = {
     "time_budget": "time_budget_minutes",
     "tta": "test_time_augmentation",
 }
-VIT_B16_ONLY = ("preset", "finetune")
+# Flags for the keras-hub preset models only.
+PRESET_FLAGS = ("preset", "finetune")
+PRESET_MODELS = ("vit_b16", "pretrained")
 
 
 def parse_args(argv=None):
@@ -52,11 +56,15 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--subset-per-class", type=int, help="N training images per class")
+    parser.add_argument("--test-per-class", type=int,
+                        help="test on the first N test images of each class (default: all)")
     parser.add_argument("--data-dir", help="TFDS data folder (default: $TFDS_DATA_DIR)")
     parser.add_argument("--run-dir", help="output folder (default: runs/<model>-<backend>-<time>)")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--preset", help="vit_b16: keras-hub preset name or local preset folder")
-    parser.add_argument("--finetune", choices=("full", "linear"), help="vit_b16: full fine-tune or linear probe")
+    parser.add_argument("--preset", help="vit_b16, pretrained: keras-hub preset name or local "
+                                         "preset folder")
+    parser.add_argument("--finetune", choices=("full", "linear"),
+                        help="vit_b16, pretrained: full fine-tune or linear probe (frozen backbone)")
     parser.add_argument("--mixed-precision", nargs="?", const="on", choices=PRECISION_CHOICES,
                         help="bfloat16 compute: on, off, or auto (the default: on where this "
                              "machine runs it natively and faster)")
@@ -79,9 +87,10 @@ def resolve_config(args):
     """Config file, then flags, then --set overrides; checked, before keras is imported."""
     flag_values = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()}
     config = resolve(args.config, args.model, flag_values, args.set)
-    for dest in VIT_B16_ONLY:
-        if getattr(args, dest) is not None and config.model != "vit_b16":
-            raise ConfigError(f"--{dest} applies only to --model vit_b16, not {config.model}")
+    for dest in PRESET_FLAGS:
+        if getattr(args, dest) is not None and config.model not in PRESET_MODELS:
+            raise ConfigError(f"--{dest} applies only to --model {' or '.join(PRESET_MODELS)}, "
+                              f"not {config.model}")
     epochs_given = args.epochs is not None or any(
         override.split("=", 1)[0].strip() == "epochs" for override in args.set)
     if config.time_budget_minutes and epochs_given:
@@ -107,6 +116,8 @@ def main(argv=None):
         cifar.check_sizes(config)
         if config.model == "vit_b16":
             vit_b16.check_preset_folder(config.model_args.get("preset", vit_b16.DEFAULT_PRESET))
+        elif config.model == "pretrained":
+            pretrained.check_preset_folder(config.model_args.get("preset", pretrained.DEFAULT_PRESET))
         distribution.check_request(config.distribute, backend, args.hosts)
         if args.wandb:
             tracking.check_available()
@@ -126,7 +137,8 @@ def run(config, backend, args):
     started = time.time()
     # Data first: a missing dataset or a subset it cannot give is reported before the
     # (slow) keras import.
-    splits = cifar.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
+    splits = cifar.load_splits(config.data_dir, config.validation_size, config.subset_per_class,
+                               config.test_per_class)
     if config.test_images:
         splits["test"] = tuple(array[:config.test_images] for array in splits["test"])
     from kerasvit import models

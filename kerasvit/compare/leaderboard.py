@@ -1,7 +1,8 @@
 """Which model should I use? Rank trained runs side by side, whatever backend made them
 (`python -m kerasvit.compare_models`: kerasvit.cli.compare_models).
 
-Per run: model, backend, parameters, model file size, epochs, training time, best validation
+Per run: model, how it was trained (from scratch, fine-tuned from a keras-hub preset, or a
+linear probe of one: only the head trained), backend, parameters, model file size, epochs, training time, best validation
 accuracy, test accuracy and macro F1, the train-vs-validation gap, batch-1 latency and
 throughput. A run without an evaluation is evaluated first (kerasvit.evaluate, on this
 backend, written into the run folder). Writes runs/models-<time>/: models.md, models.csv,
@@ -11,6 +12,7 @@ accuracy of every run against epochs and against wall time).
 
 import csv
 import datetime
+import inspect
 import math
 from collections import Counter
 from pathlib import Path
@@ -21,12 +23,12 @@ from kerasvit.errors import UserError
 from kerasvit.runs import folders
 
 # Data settings that change what an accuracy means: runs that differ in them are flagged.
-DATA_SETTINGS = ("subset_per_class", "augmentation")
+DATA_SETTINGS = ("subset_per_class", "test_per_class", "augmentation")
 CSV_FIELDS = (
-    "rank", "run", "model", "backend", "parameters", "model_file_mb", "epochs", "train_time_s",
+    "rank", "run", "model", "training", "preset", "backend", "parameters", "model_file_mb", "epochs", "train_time_s",
     "best_val_accuracy", "test_accuracy", "test_f1_macro", "train_val_gap", "latency_ms",
     "images_per_s", "throughput_batch_size", "pareto", "comparable", "comparability_note",
-    "subset_per_class", "augmentation", "train_images", "test_images", "evaluated_backend",
+    "subset_per_class", "test_per_class", "augmentation", "train_images", "test_images", "evaluated_backend",
     "evaluated_device", "run_dir",
 )
 
@@ -115,6 +117,35 @@ def last_value(history, column):
     return values[-1] if values else None
 
 
+def training_of(config):
+    """"scratch", "fine-tuned" or "linear probe": models whose builder takes `finetune` (the
+    keras-hub presets: vit_b16, pretrained) start from pretrained weights."""
+    from kerasvit.models import MODEL_NAMES, get_spec
+
+    model = config.get("model")
+    if model not in MODEL_NAMES:
+        return None
+    parameters = inspect.signature(get_spec(model).builder).parameters
+    if "finetune" not in parameters:
+        return "scratch"
+    finetune = (config.get("model_args") or {}).get("finetune", parameters["finetune"].default)
+    return "linear probe" if finetune == "linear" else "fine-tuned"
+
+
+def preset_of(config):
+    """The preset a fine-tuned run started from (a local folder by its name), else None."""
+    from kerasvit.models import MODEL_NAMES, get_spec
+
+    model = config.get("model")
+    if model not in MODEL_NAMES:
+        return None
+    parameters = inspect.signature(get_spec(model).builder).parameters
+    if "preset" not in parameters:
+        return None
+    preset = str((config.get("model_args") or {}).get("preset", parameters["preset"].default))
+    return Path(preset).name if "/" in preset else preset
+
+
 def run_row(run_dir, history):
     from kerasvit.runs import loading
 
@@ -128,6 +159,8 @@ def run_row(run_dir, history):
         "run": run_dir.name,
         "run_dir": str(run_dir),
         "model": config.get("model") or evaluation.get("model"),
+        "training": training_of(config),
+        "preset": preset_of(config),
         "backend": env.get("backend") or metrics.get("backend"),
         "parameters": evaluation["parameters"],
         "model_file_mb": (run_dir / "model.keras").stat().st_size / 1e6,
@@ -146,6 +179,7 @@ def run_row(run_dir, history):
         "images_per_s": finite(evaluation["images_per_s"]),
         "throughput_batch_size": evaluation["throughput_batch_size"],
         "subset_per_class": config.get("subset_per_class", 0),
+        "test_per_class": config.get("test_per_class", 0),
         "augmentation": config.get("augmentation"),
         "train_images": metrics.get("train_images"),
         "test_images": evaluation["test_images"],
@@ -244,6 +278,8 @@ MARKDOWN_COLUMNS = (
     ("#", lambda r: str(r["rank"])),
     ("run", lambda r: f"`{r['run']}`"),
     ("model", lambda r: r["model"]),
+    ("training", lambda r: (r.get("training") or "-")
+     + (f" (`{r['preset']}`)" if r.get("preset") else "")),
     ("backend", lambda r: r["backend"]),
     ("params", lambda r: parameter_count(r["parameters"])),
     ("file MB", lambda r: fmt(r["model_file_mb"], ".1f")),
@@ -302,6 +338,12 @@ def caveats(report):
         lines.append("- Latency and throughput were measured on different backends or machines ("
                      + "; ".join(report["timing_measured_on"]) + "): compare them only within "
                      "one, or run again with `--reevaluate` to measure every run here.")
+    probes = [r for r in rows if r.get("training") == "linear probe"]
+    if probes:
+        lines.append(f"- **Linear probes**: {len(probes)} run(s) ("
+                     + ", ".join(f"`{r['run']}`" for r in probes) + ") trained only the head on a "
+                     "frozen pretrained backbone; fine-tuned runs trained every weight from the "
+                     "preset's, scratch runs from random weights (the training column).")
     lines.append("- Train-vs-validation gap: the last epoch's training accuracy (a running "
                  "average over the epoch, with augmentation and dropout on) minus its validation "
                  "accuracy. Positive means overfitting; it understates the true gap.")
@@ -350,6 +392,7 @@ def screen_table(rows):
         lines.append(f"{row['rank']:>2}  {row['run']:<40} {parameter_count(row['parameters']):>8} "
                      f"{fmt(row['test_accuracy']):>8} {fmt(row['latency_ms'], '.2f'):>10}  "
                      f"{'yes' if row['pareto'] else ''}"
+                     + ("  (linear probe)" if row.get("training") == "linear probe" else "")
                      + ("" if row["comparable"] else "  (not directly comparable)"))
     return "\n".join(lines)
 

@@ -115,7 +115,8 @@ def train_mode(spec):
 def load_splits(config, test_images):
     from kerasvit.data import cifar
 
-    splits = cifar.load_splits(config.data_dir, config.validation_size, config.subset_per_class)
+    splits = cifar.load_splits(config.data_dir, config.validation_size, config.subset_per_class,
+                               config.test_per_class)
     if test_images:
         images, labels = splits["test"]
         splits["test"] = (images[:test_images], labels[:test_images])

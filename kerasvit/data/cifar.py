@@ -105,19 +105,28 @@ def split_train_validation(labels, validation_size):
     return np.sort(train), np.sort(validation)
 
 
-def take_per_class(indices, labels, per_class):
+def take_per_class(indices, labels, per_class, setting="subset_per_class", split="training"):
     """The first `per_class` indices of each class, in their original order."""
     counts = np.bincount(labels[indices], minlength=NUM_CLASSES)
     if per_class > counts.min():
         raise DataError(
-            f"subset_per_class {per_class} is larger than the {counts.min()} training "
+            f"{setting} {per_class} is larger than the {counts.min()} {split} "
             f"images per class available; use at most {counts.min()}"
         )
     chosen = [indices[labels[indices] == c][:per_class] for c in range(NUM_CLASSES)]
     return np.sort(np.concatenate(chosen))
 
 
-def load_splits(data_dir="", validation_size=5000, subset_per_class=0):
+def test_subset(test, per_class):
+    """The first `per_class` test images of each class (all for 0), in their original order."""
+    if not per_class:
+        return test
+    images, labels = test
+    chosen = take_per_class(np.arange(len(labels)), labels, per_class, "test_per_class", "test")
+    return images[chosen], labels[chosen]
+
+
+def load_splits(data_dir="", validation_size=5000, subset_per_class=0, test_per_class=0):
     """Returns {"train", "validation", "test"}: (uint8 images, int64 labels) each."""
     cifar = load_cifar10(resolve_data_dir(data_dir))
     images, labels = cifar["train"]
@@ -127,13 +136,18 @@ def load_splits(data_dir="", validation_size=5000, subset_per_class=0):
     return {
         "train": (images[train_idx], labels[train_idx]),
         "validation": (images[val_idx], labels[val_idx]),
-        "test": cifar["test"],
+        "test": test_subset(cifar["test"], test_per_class),
     }
 
 
 def check_sizes(config):
     """Subset, batch and split sizes that CIFAR-10 cannot satisfy. The data loader checks
     the exact per-class counts again; this catches the impossible cases in a second."""
+    test_per_class = CIFAR10_TEST_IMAGES // NUM_CLASSES
+    if config.test_per_class > test_per_class:
+        raise DataError(f"test_per_class {config.test_per_class} is larger than the "
+                        f"{test_per_class} CIFAR-10 test images per class; use at most "
+                        f"{test_per_class} (0 means all)")
     if config.test_images > CIFAR10_TEST_IMAGES:
         raise DataError(f"test_images {config.test_images} is larger than the "
                           f"{CIFAR10_TEST_IMAGES} CIFAR-10 test images; use at most "

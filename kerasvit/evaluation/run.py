@@ -33,9 +33,11 @@ def output_dir(out, run_dir, model_path):
     return path
 
 
-def load_test_set(data_dir, limit):
-    """The CIFAR-10 test split as (uint8 images, int64 labels), optionally its first `limit`."""
-    images, labels = cifar.load_cifar10(cifar.resolve_data_dir(data_dir))["test"]
+def load_test_set(data_dir, limit, per_class=0):
+    """The CIFAR-10 test split as (uint8 images, int64 labels): the first `per_class` of each
+    class (a run's test_per_class; 0: all), then optionally the first `limit`."""
+    test = cifar.load_cifar10(cifar.resolve_data_dir(data_dir))["test"]
+    images, labels = cifar.test_subset(test, per_class)
     if limit:
         images, labels = images[:limit], labels[:limit]
     return images, labels
@@ -80,7 +82,9 @@ def evaluate(path, backend, *, out=None, batch_size=256, test_images=0, timing_r
     config = loading.read_run_file(run_dir, "config.json") or {}
     out_dir = output_dir(out, run_dir, model_path)
     metrics = existing_metrics(out_dir, run_dir)  # Read first: a broken file fails fast.
-    images, labels = load_test_set(data_dir or config.get("data_dir", ""), test_images)
+    # A run trained with --test-per-class is evaluated on the same per-class test subset.
+    images, labels = load_test_set(data_dir or config.get("data_dir", ""), test_images,
+                                   config.get("test_per_class", 0))
     print(f"evaluating {model_path} on {len(images)} test images (backend {backend})")
 
     logits = tta.predict_logits(model, images, batch_size)

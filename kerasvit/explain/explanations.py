@@ -16,13 +16,14 @@ class ExplainError(UserError, RuntimeError):
     """Bad input for explain; the message is shown to the user as one line."""
 
 
-def explain_method(model_name):
+def explain_method(model_name, model=None):
+    """"gradcam" or "attention"; for `pretrained` it depends on the loaded `model`'s family."""
     from kerasvit.models import MODEL_NAMES, get_spec
 
     if model_name not in MODEL_NAMES:
         raise ExplainError(f"cannot tell which kerasvit model this is (name {model_name!r}); "
                            f"explain works for {', '.join(MODEL_NAMES)}")
-    return get_spec(model_name).explain_method
+    return get_spec(model_name).explain_method_of(model)
 
 
 def input_size(model):
@@ -52,7 +53,7 @@ def explain_batch(model, model_name, images, class_index=None):
     """
     from kerasvit.models import get_spec
 
-    method = explain_method(model_name)
+    method = explain_method(model_name, model)
     images = np.asarray(images, dtype="float32")
     logits = predict_logits(model, images)
     result = {"method": method, "probabilities": classification.softmax(logits),

@@ -7,8 +7,25 @@ def split_at(model, layer_name):
     """(images -> feature map, feature map -> logits), sharing the model's layers."""
     import keras
 
-    features = model.get_layer(layer_name).output
+    layer = model.get_layer(layer_name)
+    features = layer.output
+    if isinstance(layer, keras.Model):
+        # A nested model (a keras-hub classifier's backbone): its `output` is the one of its
+        # own graph; the model's graph holds the tensor of the call inside the model.
+        (node,) = layer._inbound_nodes
+        features = node.output_tensors[0]
     return keras.Model(model.inputs, features), keras.Model(features, model.outputs[0])
+
+
+def model_pixels(model, images):
+    """What the model's first layer sees. keras-hub classifiers (vit_b16, pretrained) run
+    their image converter (resize + normalisation) outside the model, in fit and predict:
+    it is applied here."""
+    import keras
+
+    images = keras.ops.convert_to_tensor(images, "float32")
+    converter = getattr(getattr(model, "preprocessor", None), "image_converter", None)
+    return images if converter is None else converter(images)
 
 
 def grad_cam(model, images, class_indices, layer_name):
@@ -20,7 +37,7 @@ def grad_cam(model, images, class_indices, layer_name):
     from kerasvit import backend_ops
 
     feature_model, head_model = split_at(model, layer_name)
-    features = feature_model(keras.ops.convert_to_tensor(images, "float32"), training=False)
+    features = feature_model(model_pixels(model, images), training=False)
     features = keras.ops.convert_to_numpy(keras.ops.cast(features, "float32"))
     _, gradients = backend_ops.class_score_gradients(head_model, features, class_indices)
     channel_weights = gradients.mean(axis=(1, 2), keepdims=True)

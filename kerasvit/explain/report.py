@@ -138,8 +138,8 @@ def slug(entry):
 
 
 
-def write_index(out_dir, entries, model_name, model_path):
-    method = explanations.explain_method(model_name)
+def write_index(out_dir, entries, model_name, model_path, model=None):
+    method = explanations.explain_method(model_name, model)
     how_to_read = {
         "gradcam": "Grad-CAM on the last convolutional block: red regions raise the "
                    "explained class's score most.",

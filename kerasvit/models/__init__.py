@@ -16,6 +16,8 @@ MODEL_MODULES = {
     "vit_b16": "kerasvit.models.vit_b16",
     "resnet18": "kerasvit.models.resnet",
     "mobilenet": "kerasvit.models.mobilenet",
+    "alexnet": "kerasvit.models.alexnet",
+    "pretrained": "kerasvit.models.pretrained",
 }
 MODEL_NAMES = tuple(MODEL_MODULES)
 
@@ -32,10 +34,19 @@ class ModelSpec:
     gradcam_layer: Optional[Callable] = None
     # (model, float images in [0, 255]) -> list of (batch, heads, tokens, tokens) scores.
     attention_scores: Optional[Callable] = None
+    # model -> "gradcam" or "attention", where that depends on the loaded model (pretrained:
+    # its preset's family); it raises a one-line ExplainError for a model it cannot explain.
+    method_of: Optional[Callable] = None
 
     @property
     def explain_method(self):
         return "gradcam" if self.gradcam_layer else "attention"
+
+    def explain_method_of(self, model=None):
+        """The explain method for `model` (the registry's static choice without one)."""
+        if self.method_of is not None and model is not None:
+            return self.method_of(model)
+        return self.explain_method
 
 
 def pooled_feature_map(model):

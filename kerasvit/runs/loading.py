@@ -177,11 +177,13 @@ def load_run(path, unsafe_load=False):
 
 
 def model_name(model, config=None):
-    """The registry name of a loaded model ("cnn", "vit" or "vit_b16")."""
+    """The registry name of a loaded model ("cnn", "vit", "vit_b16", "pretrained", ...)."""
     if config and "model" in config:
         return config["model"]
     if type(model).__name__ == "ViTImageClassifier":
         return "vit_b16"
+    if hasattr(model, "backbone") and type(model).__name__.endswith("ImageClassifier"):
+        return "pretrained"  # any other keras-hub image classifier
     return model.name
 
 

@@ -50,7 +50,7 @@ class ServedModel:
 def load_served_model(path, backend, unsafe_load=False):
     model, config, run_dir = loading.load_run(path, unsafe_load)
     name = loading.model_name(model, config)
-    explanations.explain_method(name)  # refuses a model the page cannot explain, before serving
+    explanations.explain_method(name, model)  # refuses a model the page cannot explain, before serving
     metrics = loading.read_run_file(run_dir, "metrics.json")
     return ServedModel(model, name, backend, str(run_dir or path), test_accuracy_of(metrics))
 

@@ -28,7 +28,7 @@ def header_markdown(served):
 
 
 def method_title(served):
-    return METHOD_TITLES[explain_method(served.name)]
+    return METHOD_TITLES[explain_method(served.name, served.model)]
 
 
 def result_markdown(result, source, backend):

@@ -38,6 +38,16 @@ def test_run_folder_has_every_file(tiny_cnn_run, backend):
     assert "test accuracy" in first.stdout and str(run_dir.name) in first.stdout
 
 
+def test_test_per_class_is_used_and_recorded(tmp_path):
+    # The tiny run of TINY_TRAIN_FLAGS, one epoch, tested on 3 images of each class.
+    run_train(["--model", "cnn", "--subset-per-class", "5", "--epochs", "1", "--batch-size", "25",
+               "--set", "validation_size=50", "--set", "model_args.widths=[8, 16, 32]",
+               "--mixed-precision", "off", "--test-per-class", "3"], tmp_path)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["test_per_class"] == 3
+    assert json.loads((run_dir / "metrics.json").read_text())["test_images"] == 30
+
+
 def test_second_run_gets_its_own_folder(tmp_path):
     """Runs started in the same second get numbered folders (the name has the time in it)."""
     first = folders.new_run_dir("cnn", "torch", root=tmp_path)
@@ -67,7 +77,7 @@ def test_existing_run_dir_is_refused_without_touching_it(tiny_cnn_run):
     (["--set", "epoch=2"], "unknown config key 'epoch'"),
     (["--set", "learning_rate=fast"], "learning_rate must be of type float"),
     (["--set", "model_args.depth=3"], "unknown model argument 'depth'"),
-    (["--preset", "x"], "--preset applies only to --model vit_b16"),
+    (["--preset", "x"], "--preset applies only to --model vit_b16 or pretrained, not cnn"),
     (["--config", "nope.toml"], "config file nope.toml not found"),
     (["--resume", "."], "is not a kerasvit run folder"),
     (["--subset-per-class", "6000"], "larger than the"),

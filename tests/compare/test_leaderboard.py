@@ -149,11 +149,43 @@ def test_pareto_front_by_hand():
     assert leaderboard.pareto_front(points) == [0, 2]
 
 
+def test_runs_that_differ_in_their_test_subset_are_flagged():
+    rows = [{"subset_per_class": 100, "test_per_class": 25, "augmentation": "none", "test_images": 250},
+            {"subset_per_class": 100, "test_per_class": 25, "augmentation": "none", "test_images": 250},
+            {"subset_per_class": 100, "test_per_class": 0, "augmentation": "none", "test_images": 10000}]
+    reference = leaderboard.reference_settings(rows)
+    assert leaderboard.comparability_note(rows[0], reference) == ""
+    assert leaderboard.comparability_note(rows[2], reference) == (
+        "test_per_class 0 (others 25); test_images 10000 (others 250)")
+
+
 def test_reference_settings_follow_the_majority():
-    rows = [{"subset_per_class": 0, "augmentation": "pad_crop_flip", "test_images": 10000},
-            {"subset_per_class": 100, "augmentation": "pad_crop_flip", "test_images": 10000},
-            {"subset_per_class": 0, "augmentation": "pad_crop_flip", "test_images": 10000}]
+    rows = [{"subset_per_class": 0, "test_per_class": 0, "augmentation": "pad_crop_flip", "test_images": 10000},
+            {"subset_per_class": 100, "test_per_class": 0, "augmentation": "pad_crop_flip", "test_images": 10000},
+            {"subset_per_class": 0, "test_per_class": 0, "augmentation": "pad_crop_flip", "test_images": 10000}]
     reference = leaderboard.reference_settings(rows)
     assert reference["subset_per_class"] == 0
     assert leaderboard.comparability_note(rows[0], reference) == ""
     assert leaderboard.comparability_note(rows[1], reference) == "subset_per_class 100 (others 0)"
+
+
+@pytest.mark.parametrize("config, training, preset", [
+    ({"model": "cnn", "model_args": {}}, "scratch", None),
+    ({"model": "vit_b16", "model_args": {}}, "fine-tuned", "vit_base_patch16_224_imagenet21k"),
+    ({"model": "pretrained", "model_args": {"preset": "/tmp/x/tiny_resnet", "finetune": "linear"}},
+     "linear probe", "tiny_resnet"),
+])
+def test_pretrained_runs_say_how_they_were_trained(config, training, preset):
+    assert leaderboard.training_of(config) == training
+    assert leaderboard.preset_of(config) == preset
+
+
+def test_linear_probes_are_marked_in_the_report():
+    row = {"run": "pretrained-jax-1", "model": "pretrained", "training": "linear probe",
+           "preset": "resnet_18_imagenet", "rank": 1, "parameters": 11_200_000,
+           "test_accuracy": 0.8, "latency_ms": 3.0, "pareto": True, "comparable": True}
+    report = {"runs": [row], "reference_data_settings": {}, "timing_measured_on": ["jax on cpu"]}
+    assert "**Linear probes**: 1 run(s) (`pretrained-jax-1`)" in "\n".join(leaderboard.caveats(report))
+    cells = dict((name, cell(row)) for name, cell in leaderboard.MARKDOWN_COLUMNS if name == "training")
+    assert cells["training"] == "linear probe (`resnet_18_imagenet`)"
+    assert "(linear probe)" in leaderboard.screen_table([row])

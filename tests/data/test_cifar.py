@@ -24,6 +24,24 @@ def test_subset_takes_n_per_class_and_refuses_too_many():
         cifar.take_per_class(np.arange(50), labels, 6)
 
 
+def test_test_subset_takes_the_first_n_test_images_of_each_class():
+    labels = np.array([3, 1, 3, 0, 1, 3, 2, 0, 2] + list(range(10)) * 2)
+    images = np.arange(len(labels))
+    chosen_images, chosen_labels = cifar.test_subset((images, labels), 2)
+    assert np.all(np.bincount(chosen_labels) == 2)
+    np.testing.assert_array_equal(chosen_images[chosen_labels == 3], [0, 2])  # the first ones
+    assert cifar.test_subset((images, labels), 0)[0] is images
+    with pytest.raises(cifar.DataError, match="test_per_class 4 is larger than the 2 test images"):
+        cifar.test_subset((images, labels), 4)
+
+
+def test_a_test_subset_larger_than_cifar_is_refused_before_loading():
+    from kerasvit.config import TrainConfig
+
+    with pytest.raises(cifar.DataError, match="test_per_class 1001 is larger than the 1000"):
+        cifar.check_sizes(TrainConfig(test_per_class=1001))
+
+
 def test_real_cifar_splits(cifar_splits):
     train_images, train_labels = cifar_splits["train"]
     assert train_images.shape == (200, 32, 32, 3) and train_images.dtype == np.uint8

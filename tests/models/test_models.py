@@ -19,9 +19,11 @@ DEFAULTS = {
     "vit": {"params": (2.0e6, 2.2e6), "feature_map": None},  # 1.8M with stem="patch"
     "resnet18": {"params": (11.1e6, 11.3e6), "feature_map": (None, 4, 4, 512)},
     "mobilenet": {"params": (2.1e6, 2.4e6), "feature_map": (None, 4, 4, 1280)},
+    "alexnet": {"params": (14.9e6, 15.2e6), "feature_map": (None, 4, 4, 256)},
 }
 # AdamW schedules that make each tiny model learn from 200 images in seconds.
-TRAINING = {"cnn": (10, 3e-3), "vit": (12, 2e-3), "resnet18": (6, 5e-3), "mobilenet": (6, 1e-2)}
+TRAINING = {"cnn": (10, 3e-3), "vit": (12, 2e-3), "resnet18": (6, 5e-3), "mobilenet": (6, 1e-2),
+            "alexnet": (8, 1e-3)}
 
 
 # Each tiny model, and the ViT's plain linear patch projection beside its conv stem.
