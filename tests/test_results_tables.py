@@ -1,29 +1,22 @@
 """The README's accuracy tables are generated from results/ (scripts/results_tables.py)."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from cli_helpers import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("results_tables",
-                                                  REPO / "scripts" / "results_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_tables_match_the_committed_results():
-    script = load_script()
+    script = load_script("results_tables")
     readme = (REPO / "README.md").read_text()
     assert script.with_tables(readme, script.blocks()) == readme, (
         "README.md's results tables are stale: run python scripts/results_tables.py --write")
 
 
 def test_a_run_is_named_by_its_config_file_and_what_it_changed(tmp_path):
-    script = load_script()
+    script = load_script("results_tables")
     config = json.loads((REPO / "results/cnn/cnn-tf-s0/config.json").read_text())
     assert script.recipe_name(config) == "cnn_airbench94.toml"
     config.update(batch_size=512, seed=7)  # the seed says which run, not which recipe
@@ -33,7 +26,7 @@ def test_a_run_is_named_by_its_config_file_and_what_it_changed(tmp_path):
 
 
 def test_seeds_of_one_recipe_are_summarised_as_mean_and_spread(tmp_path):
-    script = load_script()
+    script = load_script("results_tables")
     source = REPO / "results/cnn/cnn-torch-s0"
     for seed, accuracy in ((0, 0.80), (1, 0.90)):
         run = tmp_path / f"run-{seed}"
