@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasvit.errors import UserError
+from kerasvit.errors import UserError, first_line
 
 FORMATS = ("saved_model", "onnx")
 ARTIFACT_NAMES = {"saved_model": "saved_model", "onnx": "model.onnx"}
@@ -345,11 +345,6 @@ WARMUP_NOTE = "2 warm-up calls, on in-memory CIFAR-10 test images"
 
 def label(format):
     return {"saved_model": "SavedModel", "onnx": "ONNX"}[format]
-
-
-def first_line(error):
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def summary(out, report):

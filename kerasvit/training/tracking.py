@@ -18,7 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from kerasvit.errors import UserError
+from kerasvit.errors import UserError, first_line
 
 DEFAULT_PROJECT = "kerasvit"
 INSTALL_HINT = "pip install 'kerasvit[wandb]'"
@@ -33,11 +33,6 @@ def check_available():
     if importlib.util.find_spec("wandb") is None:
         raise TrackingError(f"--wandb needs the wandb package, which is not installed; "
                             f"{INSTALL_HINT}")
-
-
-def first_line(error):
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 class WandbTracker:
@@ -78,6 +73,8 @@ class WandbTracker:
 
     def finish(self, model, config, splits, metrics, run_dir):
         """Logs the summary, the confusion matrix and the figures, then closes the run."""
+        from sklearn.metrics import confusion_matrix
+
         from kerasvit import CLASS_NAMES
         from kerasvit.evaluation import figures
 
@@ -92,7 +89,7 @@ class WandbTracker:
             labels = splits["test"][1]
             logged["test/confusion_matrix"] = wandb.plot.confusion_matrix(
                 y_true=labels.tolist(), preds=predicted.tolist(), class_names=list(CLASS_NAMES))
-            matrix = confusion_matrix(labels, predicted, len(CLASS_NAMES))
+            matrix = confusion_matrix(labels, predicted, labels=range(len(CLASS_NAMES)))
             logged["figures/confusion_matrix"] = wandb.Image(
                 figures.confusion_matrix_figure(matrix, CLASS_NAMES,
                                                 title="Test confusion matrix (row-normalised)"))
@@ -118,11 +115,3 @@ def test_predictions(model, config, splits):
     dataset = stream.evaluation_dataset(*splits["test"], image_size=model.input_shape[1:3],
                                         batch_size=config.batch_size)
     return np.asarray(model.predict(dataset, verbose=0)).argmax(axis=1)
-
-
-def confusion_matrix(labels, predicted, classes):
-    import numpy as np
-
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predicted)), 1)
-    return matrix
