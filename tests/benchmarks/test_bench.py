@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional_extras import import_extra
 
 torch = pytest.importorskip("torch")
 
@@ -197,7 +198,7 @@ def test_previews_keep_the_parameter_counts(backend):
 
 
 def test_hf_vit_has_the_keras_hub_vit_parameter_count():
-    pytest.importorskip("transformers")
+    import_extra("transformers", "pip install -e '.[hf]'")
     pytest.importorskip("keras_hub")
     from bench import keras_side
 

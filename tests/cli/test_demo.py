@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import png_claiming
+from optional_extras import skip_or_fail
 from PIL import Image
 from trained_run import tiny_vit_run
 
@@ -191,9 +192,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, phrase, capsys):
 
 # ---------------------------------------------------------------- the page in a browser
 
-def browser_missing_reason(backend):
-    if backend != BROWSER_BACKEND:
-        return f"the browser test runs in the KERAS_BACKEND={BROWSER_BACKEND} process only"
+def browser_missing_reason():
     for module, fix in (("gradio", "pip install -e '.[demo]'"),
                         ("playwright", "bash scripts/setup_browser.sh")):
         try:
@@ -229,10 +228,13 @@ def wait_until_serving(url, server, log_path):
 
 @pytest.fixture
 def browser_ready(backend):
-    """Skips (with the reason, which -ra prints) before anything slow is set up."""
-    reason = browser_missing_reason(backend)
+    """Skips (with the reason, which -ra prints) before anything slow is set up; where a
+    piece is missing, skips or fails as optional_extras says."""
+    if backend != BROWSER_BACKEND:
+        pytest.skip(f"the browser test runs in the KERAS_BACKEND={BROWSER_BACKEND} process only")
+    reason = browser_missing_reason()
     if reason:
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from cli_helpers import TINY_EPOCHS, TINY_TRAIN_FLAGS, history_rows, run_train
+from optional_extras import import_extra
 
 BLOCK = 32768  # W&B's transaction log: a LevelDB-style log of 32 KiB blocks
 
@@ -54,7 +55,7 @@ def read_offline_run(folder):
 
 @pytest.fixture(scope="module")
 def wandb_run(tmp_path_factory):
-    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    import_extra("wandb", "pip install -e '.[wandb]'")
     cwd = tmp_path_factory.mktemp("wandb")
     run_dir = cwd / "runs" / "tiny"
     result = run_train(TINY_TRAIN_FLAGS + ["--run-dir", str(run_dir), "--wandb"], cwd,
