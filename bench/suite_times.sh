@@ -3,6 +3,7 @@
 # side by side, alternating which goes first, on a machine with nothing else running:
 #
 #     bash bench/suite_times.sh ../kerasvit-before ../kerasvit-after
+#     BACKENDS="jax torch" bash bench/suite_times.sh ../kerasvit-before ../kerasvit-after
 #
 # Each checkout needs its own .venv (a symlink to one is fine); PYTHONPATH points at the
 # checkout so that the CLI subprocesses of the tests run its code too. Logs: $LOG_DIR (/tmp).
@@ -21,6 +22,10 @@ one() {  # checkout backend
     rc=$?
     echo "$2 $(basename "$tree") exit=$rc $(( $(date +%s) - start )) s: $(grep -E '[0-9]+ (passed|failed)' "$log" | tail -1)"
 }
-one "$1" tensorflow; one "$2" tensorflow
-one "$2" jax; one "$1" jax
-one "$1" torch; one "$2" torch
+# BACKENDS="jax torch" limits the backends; who goes first alternates from one to the next.
+turn=0
+for backend in ${BACKENDS:-tensorflow jax torch}; do
+    if [ $((turn % 2)) = 0 ]; then one "$1" "$backend"; one "$2" "$backend"
+    else one "$2" "$backend"; one "$1" "$backend"; fi
+    turn=$((turn + 1))
+done

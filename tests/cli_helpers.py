@@ -99,6 +99,21 @@ def run_train(args, cwd, check=True, **env):
     return run_cli("train", args, cwd, env=cli_env(**env), check=check)
 
 
+def train_error_line(argv, tmp_path, monkeypatch, capsys):
+    """kerasvit.train.main(argv) run in this process from tmp_path: asserts exit code 2, one
+    error line and no runs/ folder made; returns the line."""
+    from kerasvit.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kerasvit.train: error: ")
+    assert not (tmp_path / "runs").exists()
+    return lines[0]
+
+
 def history_rows(run_dir):
     path = Path(run_dir) / "history.csv"
     if not path.exists():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import train_error_line
 from PIL import Image
 
 from kerasvit import distribution
@@ -48,7 +49,7 @@ needs_jax = pytest.mark.skipif(os.environ.get("KERAS_BACKEND") != "jax",
 @pytest.mark.parametrize("other_backend", ["tensorflow", "torch"])
 def test_other_backends_say_data_parallel_needs_jax(tmp_path, monkeypatch, capsys, other_backend):
     monkeypatch.setenv("KERAS_BACKEND", other_backend)
-    line = one_line_error(["--distribute", "data_parallel"], tmp_path, monkeypatch, capsys)
+    line = train_error_line(["--distribute", "data_parallel"], tmp_path, monkeypatch, capsys)
     assert line == (
         f"kerasvit.train: error: --distribute data_parallel needs KERAS_BACKEND=jax (Keras' "
         f"distribution API runs on JAX only; this is {other_backend}); run: KERAS_BACKEND=jax "
@@ -67,18 +68,7 @@ def test_other_backends_say_data_parallel_needs_jax(tmp_path, monkeypatch, capsy
      "need --distribute data_parallel"),
 ])
 def test_bad_distribution_input_is_one_line(tmp_path, monkeypatch, capsys, argv, fragment):
-    assert fragment in one_line_error(argv, tmp_path, monkeypatch, capsys)
-
-
-def one_line_error(argv, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kerasvit.train: error: ")
-    assert not (tmp_path / "runs").exists()
-    return lines[0]
+    assert fragment in train_error_line(argv, tmp_path, monkeypatch, capsys)
 
 
 def test_batch_size_must_split_over_the_devices():

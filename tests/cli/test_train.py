@@ -4,9 +4,8 @@
 import json
 
 import pytest
-from cli_helpers import TINY_EPOCHS, TINY_TRAIN_FLAGS, history_rows, run_train
+from cli_helpers import TINY_EPOCHS, TINY_TRAIN_FLAGS, history_rows, run_train, train_error_line
 
-from kerasvit.cli import train
 from kerasvit.runs import folders
 
 RUN_FILES = ("config.json", "env.json", "history.csv", "model.keras", "metrics.json")
@@ -83,14 +82,7 @@ def test_existing_run_dir_is_refused_without_touching_it(tiny_cnn_run):
     (["--subset-per-class", "6000"], "larger than the"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys, argv, fragment):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kerasvit.train: error: ")
-    assert fragment in lines[0]
-    assert not (tmp_path / "runs").exists()
+    assert fragment in train_error_line(argv, tmp_path, monkeypatch, capsys)
 
 
 def test_unknown_backend_is_refused_before_keras_loads(tmp_path):
