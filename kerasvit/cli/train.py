@@ -18,7 +18,14 @@ from pathlib import Path
 PROCESS_START = time.time()
 
 from kerasvit import cli, distribution  # noqa: E402
-from kerasvit.config import PRECISION_CHOICES, ConfigError, check_model_args, resolve  # noqa: E402
+from kerasvit.config import (  # noqa: E402
+    PRECISION_CHOICES,
+    ConfigError,
+    check_model_args,
+    config_path_for_model,
+    load_config_file,
+    resolve,
+)
 from kerasvit.data import cifar  # noqa: E402
 from kerasvit.errors import UserError  # noqa: E402
 from kerasvit.models import MODEL_NAMES, pretrained, vit_b16  # noqa: E402
@@ -91,12 +98,27 @@ def resolve_config(args):
         if getattr(args, dest) is not None and config.model not in PRESET_MODELS:
             raise ConfigError(f"--{dest} applies only to --model {' or '.join(PRESET_MODELS)}, "
                               f"not {config.model}")
-    epochs_given = args.epochs is not None or any(
-        override.split("=", 1)[0].strip() == "epochs" for override in args.set)
-    if config.time_budget_minutes and epochs_given:
+    if args.finetune == "linear" and not given(args, "learning_rate"):
+        use_linear_probe_rate(config, args)
+    if config.time_budget_minutes and given(args, "epochs"):
         raise ConfigError("pass either --epochs or --time-budget, not both: the time budget "
                           "chooses the number of epochs")
     return config
+
+
+def given(args, key):
+    """Whether the command line sets config `key`, by its flag or by --set."""
+    flag = next((dest for dest, name in FLAG_KEYS.items() if name == key), None)
+    return (flag is not None and getattr(args, flag) is not None) or any(
+        override.split("=", 1)[0].strip() == key for override in args.set)
+
+
+def use_linear_probe_rate(config, args):
+    """`--finetune linear` on a config written for a full fine-tune: its learning rate is a
+    fine-tune's, far too small for a head alone, so the probe's rate replaces it."""
+    written = load_config_file(args.config or config_path_for_model(config.model))
+    if written.model_args.get("finetune") != "linear":
+        config.learning_rate = pretrained.LINEAR_PROBE_LEARNING_RATE
 
 
 def main(argv=None):

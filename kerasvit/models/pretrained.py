@@ -28,6 +28,9 @@ from kerasvit.errors import UserError
 from kerasvit.models import ModelSpec
 
 DEFAULT_PRESET = "resnet_18_imagenet"
+# A linear probe trains only the new head, so it takes a far larger step than a full
+# fine-tune (5e-5 to 3e-4 in configs/pretrained_*.toml); every family's _linear config uses it.
+LINEAR_PROBE_LEARNING_RATE = 1e-3
 FINETUNE_MODES = ("full", "linear")
 # Backbones whose class token's attention kerasvit.explain maps (keras-hub class names), and
 # the tokens before the patches: ViT has a class token, DeiT a class and a distillation token.

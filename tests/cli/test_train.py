@@ -4,8 +4,17 @@
 import json
 
 import pytest
-from cli_helpers import TINY_EPOCHS, TINY_TRAIN_FLAGS, history_rows, run_train, train_error_line
+from cli_helpers import (
+    REPO,
+    TINY_EPOCHS,
+    TINY_TRAIN_FLAGS,
+    history_rows,
+    run_train,
+    train_error_line,
+)
 
+from kerasvit.cli import train
+from kerasvit.models import pretrained
 from kerasvit.runs import folders
 
 RUN_FILES = ("config.json", "env.json", "history.csv", "model.keras", "metrics.json")
@@ -92,3 +101,26 @@ def test_unknown_backend_is_refused_before_keras_loads(tmp_path):
         "kerasvit.train: error: unknown backend KERAS_BACKEND='mxnet'; set it to one of "
         "tensorflow, jax, torch"
     ]
+
+
+@pytest.mark.parametrize("argv, learning_rate", [
+    # A full fine-tune's config: --finetune linear brings the probe's rate with it.
+    (["--model", "pretrained"], 1e-4),
+    (["--model", "pretrained", "--finetune", "linear"], pretrained.LINEAR_PROBE_LEARNING_RATE),
+    (["--config", "configs/pretrained_deit.toml", "--finetune", "linear"],
+     pretrained.LINEAR_PROBE_LEARNING_RATE),
+    (["--model", "vit_b16", "--finetune", "linear"], pretrained.LINEAR_PROBE_LEARNING_RATE),
+    # The user's rate wins, by flag or by --set; a linear config keeps its own.
+    (["--model", "pretrained", "--finetune", "linear", "--learning-rate", "0.01"], 0.01),
+    (["--model", "pretrained", "--finetune", "linear", "--set", "learning_rate=0.02"], 0.02),
+    (["--config", "{tmp}/my_probe.toml", "--finetune", "linear"], 5e-3),
+])
+def test_finetune_linear_takes_the_linear_probe_learning_rate(argv, learning_rate, monkeypatch,
+                                                              tmp_path):
+    (tmp_path / "my_probe.toml").write_text(
+        'model = "pretrained"\nlearning_rate = 5e-3\n[model_args]\nfinetune = "linear"\n')
+    monkeypatch.chdir(REPO)
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    config = train.resolve_config(train.parse_args(argv))
+    assert config.learning_rate == pytest.approx(learning_rate)
+    assert config.model_args["finetune"] == ("linear" if "linear" in argv else "full")
