@@ -18,6 +18,8 @@ CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 SHORTENING = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 16, "subset_per_class": 10,
               "validation_size": 50, "test_images": 64, "time_budget_minutes": 0}
 SHORT_FLAGS = [flag for key, value in SHORTENING.items() for flag in ("--set", f"{key}={value}")]
+# evaluate's own shortening flags: its test images and timed batches.
+SHORT_EVALUATE_FLAGS = ["--test-images", "64", "--timing-repeats", "2"]
 
 
 def config_values(path):
@@ -95,7 +97,7 @@ def test_quickstart_commands_as_written(tmp_path, backend):
     env = cli_env(KERAS_BACKEND=backend)
     (_, train_args), (_, evaluate_args) = commands
     run_cli("train", train_args + SHORT_FLAGS, REPO, env=env, timeout=900)
-    result = run_cli("evaluate", evaluate_args, REPO, env=env, timeout=900)
+    result = run_cli("evaluate", evaluate_args + SHORT_EVALUATE_FLAGS, REPO, env=env, timeout=900)
     assert "accuracy" in result.stdout.lower()
     # What the script tells the user to open next.
     assert (run_dir / "report.md").is_file()
