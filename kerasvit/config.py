@@ -195,13 +195,18 @@ def set_value(config, key, value):
     setattr(config, key, coerce(key, value, FIELD_TYPES[key]))
 
 
+def split_override(assignment):
+    """A `--set KEY=VALUE` string as (key, value)."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+    return key.strip(), value
+
+
 def apply_overrides(config, assignments):
     """Applies `KEY=VALUE` strings from `--set`."""
     for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
-        set_value(config, key.strip(), value)
+        set_value(config, *split_override(assignment))
     return config
 
 

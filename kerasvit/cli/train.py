@@ -25,6 +25,7 @@ from kerasvit.config import (  # noqa: E402
     config_path_for_model,
     load_config_file,
     resolve,
+    split_override,
 )
 from kerasvit.data import cifar  # noqa: E402
 from kerasvit.errors import UserError  # noqa: E402
@@ -110,7 +111,7 @@ def given(args, key):
     """Whether the command line sets config `key`, by its flag or by --set."""
     flag = next((dest for dest, name in FLAG_KEYS.items() if name == key), None)
     return (flag is not None and getattr(args, flag) is not None) or any(
-        override.split("=", 1)[0].strip() == key for override in args.set)
+        split_override(override)[0] == key for override in args.set)
 
 
 def use_linear_probe_rate(config, args):
