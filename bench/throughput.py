@@ -69,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--settle", type=int, default=1, help="steps at the start of every chunk "
                         "that are not counted (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="alternation rounds (default 3)")
+    parser.add_argument("--config", type=Path, help="experiment file whose optimizer, schedule "
+                        "and model_args the Keras contenders use (default: configs/<model>.toml), "
+                        "e.g. configs/cnn_airbench94.toml")
     parser.add_argument("--batch-size", type=int,
                         help="batch (default: the config's, cnn 2000, vit 128; vit_b16 8)")
     parser.add_argument("--contenders", help="comma-separated name patterns (fnmatch), or 'all'; "
@@ -124,11 +127,11 @@ def parse_args(argv=None):
 # --- configuration -----------------------------------------------------------------------
 
 def resolve_config(args):
-    """kerasvit's experiment config for the model (configs/<model>.toml): optimizer, loss,
-    augmentation, model_args; the batch from the flags."""
+    """kerasvit's experiment config for the model (--config, else configs/<model>.toml):
+    optimizer, loss, augmentation, model_args; the batch from the flags."""
     from kerasvit import config as config_module
 
-    config = config_module.resolve(None, args.model, {}, [])
+    config = config_module.resolve(getattr(args, "config", None), args.model, {}, [])
     if args.batch_size:
         config.batch_size = args.batch_size
     data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR", "")
