@@ -48,6 +48,7 @@ FAMILIES = {
                            ("mobilenet", "mobilenetv3_large_100")),
     "efficientnet_b0": ("efficientnet_b0_ra_imagenet", "pretrained_resnet",
                         ("efficientnet", "efficientnet_b0")),
+    "densenet_121": ("densenet_121_imagenet", "pretrained_resnet", ("densenet", "densenet121")),
     "deit_tiny": ("deit_tiny_distilled_patch16_224_imagenet", "pretrained_deit", ("deit", "tiny")),
 }
 # DeiT-Tiny (Touvron et al. 2021): 16x16 patches, 12 blocks of width 192, 3 heads.
@@ -73,7 +74,8 @@ def save_family_preset(family, folder):
         converter_module = importlib.import_module(f"keras_hub.src.utils.timm.convert_{kind}")
         backbone = converter_module.backbone_cls(**converter_module.convert_backbone_config(
             {"architecture": architecture}))
-        names = {"resnet": "ResNet", "mobilenet": "MobileNet", "efficientnet": "EfficientNet"}
+        names = {"resnet": "ResNet", "mobilenet": "MobileNet", "efficientnet": "EfficientNet",
+                 "densenet": "DenseNet"}
         classes = (getattr(layers, f"{names[kind]}ImageConverter"),
                    getattr(models, f"{names[kind]}ImageClassifier"))
     converter_class, classifier_class = classes
@@ -163,10 +165,15 @@ def worker(args):
     with tempfile.TemporaryDirectory() as scratch:
         for family in args.families.split(","):
             folder = Path(scratch) / family
-            backbone_params = save_family_preset(family, folder)
-            row = measure_family(family, folder, args, backend)
-            row.update(backend=backend, backbone_params=backbone_params,
-                       published_backbone_params=published_params(family))
+            try:
+                backbone_params = save_family_preset(family, folder)
+                row = measure_family(family, folder, args, backend)
+                row.update(backbone_params=backbone_params,
+                           published_backbone_params=published_params(family))
+            except Exception as error:  # a family that fails is a row of the table too
+                row = {"family": family, "preset": FAMILIES[family][0],
+                       "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
+            row["backend"] = backend
             print("ROW " + json.dumps(row), flush=True)
 
 
@@ -189,6 +196,8 @@ def run_backends(args):
 
 
 def format_row(row):
+    if "error" in row:
+        return f"fails: {row['error']}"
     return (f"train {row['train_images_per_s_full']:.1f} (full) / "
             f"{row['train_images_per_s_linear']:.1f} (linear), "
             f"predict {row['predict_images_per_s']:.1f} images/s")
@@ -196,13 +205,17 @@ def format_row(row):
 
 def markdown(rows, info):
     lines = [f"CPU: {info['cpu']['model']}, {info['cpu']['usable_cpus']} cores, bf16 "
-             f"instructions: {info['cpu']['bf16_hardware']}; batch {rows[0]['batch_size']} at "
+             f"instructions: {info['cpu']['bf16_hardware']}; batch {info['batch_size']} at "
              f"224x224; random weights at the real preset's size. Other processes took "
              f"{info['other_cpu_share'] or 0:.0%} of the CPU during the run.", "",
              "| family (preset) | backend | params | published backbone | trainable (linear) "
              "| bf16 | train img/s full | train img/s linear | predict img/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (list(FAMILIES).index(r["family"]), r["backend"])):
+        if "error" in row:
+            lines.append(f"| {row['family']} ({row['preset']}) | {row['backend']} | fails: "
+                         f"{row['error']} |||||||")
+            continue
         lines.append(
             f"| {row['family']} ({row['preset']}) | {row['backend']} | {row['params']:,} | "
             f"{row['published_backbone_params'] or 0:,} | {row['trainable_linear']:,} | "
@@ -231,6 +244,7 @@ def main():
     rows = run_backends(args)
     wall = time.perf_counter() - start
     info = {"cpu": machine.cpu_info(), "versions": machine.versions(), "wall_s": wall,
+            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
             "other_cpu_share": other_cpu_share(cpu_before, machine.busy_cpu_seconds(), wall,
                                                machine.cpu_info()["usable_cpus"])}
     text = markdown(rows, info) if rows else "no rows\n"
