@@ -156,9 +156,14 @@ def worker(spec):
     result = {"backend": backend, "steps": time_calls(calls, spec["batch"], spec["repeats"],
                                                       spec["warmup"]),
               "jit_compile": bool(built["new"].jit_compile)}
+    Path(spec["out"]).write_text(json.dumps(result, indent=2))  # kept if the CLIs fail
     if spec["cli"]:
-        result["cli"] = cli_times(spec, backend, preset, built)
-    Path(spec["out"]).write_text(json.dumps(result, indent=2))
+        try:
+            result["cli"] = cli_times(spec, backend, preset)
+        except Exception as error:  # noqa: BLE001  (reported with the step figures)
+            lines = str(error).strip().splitlines()
+            result["cli_error"] = f"{lines[0]} {lines[-1][:300]}"
+        Path(spec["out"]).write_text(json.dumps(result, indent=2))
 
 
 # ---------------------------------------------------------------- the CLIs
@@ -177,7 +182,7 @@ def run_timed(args, backend, checkout=REPO, cwd=None):
     return time.perf_counter() - start
 
 
-def cli_times(spec, backend, preset, built):
+def cli_times(spec, backend, preset):
     """Wall seconds of kerasvit.evaluate and kerasvit.predict on the new run (and the old
     one with --before-checkout)."""
     work = Path(spec["work_dir"]) / backend
@@ -185,8 +190,8 @@ def cli_times(spec, backend, preset, built):
     work.mkdir(parents=True)
     new_run = work / "run-new"
     run_timed(["kerasvit.train", "--model", "vit_b16", "--preset", str(preset),
-               "--epochs", "1", "--batch-size", "8", "--subset-per-class", "1",
-               "--set", "validation_size=0", "--set", "test_images=8",
+               "--epochs", "1", "--batch-size", "8", "--subset-per-class", "3",
+               "--set", "validation_size=10", "--set", "test_images=10",
                "--mixed-precision", "off", "--run-dir", str(new_run)], backend, cwd=work)
     files = write_test_pngs(work / "images", spec["test_images"])
     times = {"new": commands_seconds(new_run, files, spec["test_images"], backend, REPO)}
@@ -242,7 +247,7 @@ def run_backend(backend, args, work_dir):
             "before_checkout": str(args.before_checkout) if args.before_checkout else None}
     done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                           env=cli_env(backend), capture_output=True, text=True)
-    if done.returncode:
+    if done.returncode or not out.exists():
         return {"backend": backend, "error": done.stderr.strip().splitlines()[-6:]}
     return json.loads(out.read_text())
 
@@ -258,6 +263,8 @@ def print_figures(results, args):
         for name, figures in result["steps"].items():
             print(f"{result['backend']:<11} {name:<9} {figures['train_images_per_s']:>12.1f} "
                   f"{figures['predict_images_per_s']:>14.1f}")
+        if "cli_error" in result:
+            print(f"{result['backend']:<11} CLIs failed: {result['cli_error']}")
         for name, seconds in result.get("cli", {}).items():
             print(f"{result['backend']:<11} {name:<9} evaluate {seconds['evaluate_s']:.1f} s, "
                   f"predict {seconds['predict_s']:.1f} s on {seconds['images']} test images")
