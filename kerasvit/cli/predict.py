@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from kerasvit import CLASS_NAMES, cli
+from kerasvit import CLASS_NAMES, cli, models
 from kerasvit.data import images as image_files
 from kerasvit.errors import UserError
 
@@ -98,7 +98,11 @@ def predict_probabilities(model, pixel_arrays):
     from kerasvit.data import stream
     from kerasvit.evaluation import classification
 
-    image_size = model.input_shape[1:3]
+    sizes = {pixels.shape[:2] for pixels in pixel_arrays}
+    # One batch needs one size: images that share theirs go in as they are where the model
+    # resizes them itself (kerasvit.models.feed_size); mixed sizes are resized here first.
+    image_size = (models.feed_size(model, sizes.pop()) if len(sizes) == 1
+                  else models.image_size(model))
     batch = np.concatenate([stream.prepare_images(pixels[None], image_size)
                             for pixels in pixel_arrays])
     return classification.softmax(model.predict(batch, verbose=0))

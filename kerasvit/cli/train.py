@@ -19,6 +19,7 @@ PROCESS_START = time.time()
 
 from kerasvit import cli, distribution  # noqa: E402
 from kerasvit.config import (  # noqa: E402
+    JIT_CHOICES,
     PRECISION_CHOICES,
     ConfigError,
     check_model_args,
@@ -45,6 +46,7 @@ FLAG_KEYS = {
     "data_dir": "data_dir",
     "seed": "seed",
     "mixed_precision": "mixed_precision",
+    "jit_compile": "jit_compile",
     "preset": "model_args.preset",
     "finetune": "model_args.finetune",
     "distribute": "distribute",
@@ -76,6 +78,10 @@ def parse_args(argv=None):
     parser.add_argument("--mixed-precision", nargs="?", const="on", choices=PRECISION_CHOICES,
                         help="bfloat16 compute: on, off, or auto (the default: on where this "
                              "machine runs it natively and faster)")
+    parser.add_argument("--jit-compile", choices=JIT_CHOICES,
+                        help="compile the train step (XLA; torch.compile on torch): on, off, "
+                             "or auto (the default: per backend and device, what the bench "
+                             "measured fastest; env.json records the pick and why)")
     parser.add_argument("--time-budget", type=float, metavar="MINUTES",
                         help="choose the epochs so that the whole run (test included) ends "
                              "within MINUTES of wall time; replaces --epochs")
@@ -169,7 +175,7 @@ def run(config, backend, args):
     check_model_args(config, models.get_spec(config.model).builder)
     import keras
 
-    from kerasvit.training import precision
+    from kerasvit.training import precision, recipe
     from kerasvit.training import run as training_run
 
     keras.utils.set_random_seed(config.seed)
@@ -179,6 +185,8 @@ def run(config, backend, args):
     chosen_precision = precision.set_precision(config.mixed_precision, backend)
     print(f"mixed precision {'on' if chosen_precision['enabled'] else 'off'} "
           f"({chosen_precision['reason']})")
+    chosen_jit = recipe.jit_compile_choice(config.jit_compile, backend)
+    print(f"jit_compile {chosen_jit['value']} ({chosen_jit['reason']})")
     model = models.build_model(config.model, **config.model_args)
     plan = resumed_at = None
     if args.resume:  # a resumed run keeps its epochs
@@ -188,7 +196,7 @@ def run(config, backend, args):
         if config.time_budget_minutes:
             plan = training_run.plan_for_budget(config, splits, backend, PROCESS_START)
         run_dir = training_run.create_run_dir(config, backend, args.run_dir, args.hosts,
-                                              distributed, chosen_precision)
+                                              distributed, chosen_precision, chosen_jit)
     if plan:
         folders.write_json(run_dir / "budget.json", plan)
     print(f"run folder: {run_dir}  (model {config.model}, backend {backend}, "

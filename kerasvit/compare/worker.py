@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasvit import models
 from kerasvit.evaluation import classification
 
 
@@ -167,7 +168,7 @@ def save_reference(model, splits, spec):
     folders.save_model(model, out / "model.keras")
     probe = splits["test"][0][: spec["probe_images"]]
     np.save(out / "probe_images.npy", probe)
-    images = stream.prepare_images(probe, model.input_shape[1:3])
+    images = stream.prepare_images(probe, models.feed_size(model, probe.shape[1:3]))
     np.save(out / "probe_logits.npy", np.asarray(model.predict(images, verbose=0), "float32"))
 
 
@@ -182,8 +183,8 @@ def check_mode(spec):
         model_dir = Path(model_dir)
         try:
             model = loading.load_model(model_dir / "model.keras")
-            images = prepare_probe(np.load(model_dir / "probe_images.npy"),
-                                   model.input_shape[1:3])
+            probe = np.load(model_dir / "probe_images.npy")
+            images = prepare_probe(probe, models.feed_size(model, probe.shape[1:3]))
             logits = np.asarray(model.predict(images, verbose=0), "float32")
             reference = np.load(model_dir / "probe_logits.npy")
             checks[saved_by] = {

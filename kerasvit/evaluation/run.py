@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasvit import CLASS_NAMES
+from kerasvit import CLASS_NAMES, models
 from kerasvit.data import cifar
 from kerasvit.errors import UserError
 from kerasvit.evaluation import classification, figures, summary, timing, tta
@@ -51,7 +51,7 @@ def describe(model, model_path, run_dir, backend):
         "model": loading.model_name(model, loading.read_run_file(run_dir, "config.json")),
         "model_path": str(model_path),
         "parameters": int(model.count_params()),
-        "image_size": [int(s) for s in model.input_shape[1:3]],
+        "image_size": [int(s) for s in models.image_size(model)],
         "backend": backend,
         "trained_backend": trained,
         "device": f"{env['device_kind']}: {env['cpu']}" if env["device_kind"] == "cpu"

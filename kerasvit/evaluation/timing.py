@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 
+from kerasvit import models
+
 WARMUP_CALLS = 2  # The first calls trace/compile (TF graphs, XLA) and fill caches.
 TIMING_BUDGET_S = 30.0  # Timing stops early past this, after at least MIN_TIMED_CALLS calls.
 MIN_TIMED_CALLS = 3
@@ -31,7 +33,7 @@ def measure_speed(model, images, batch_size, repeats):
     from kerasvit.data import stream
 
     batch_size = min(batch_size, len(images))
-    batch = stream.prepare_images(images[:batch_size], model.input_shape[1:3])
+    batch = stream.prepare_images(images[:batch_size], models.feed_size(model, images.shape[1:3]))
     batch_seconds, batches = median_call_seconds(model, batch, repeats)
     single_seconds, singles = median_call_seconds(model, batch[:1], 3 * repeats)
     return {

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from kerasvit import CLASS_NAMES
+from kerasvit import CLASS_NAMES, models
 
 TTA_METHODS = {
     "flip": "softmax averaged over each test image and its horizontal mirror (flip TTA)",
@@ -19,7 +19,8 @@ def predict_logits(model, images, batch_size):
     from kerasvit.data import stream
 
     dataset = stream.evaluation_dataset(images, np.zeros(len(images), np.int64),
-                                        image_size=model.input_shape[1:3], batch_size=batch_size)
+                                        image_size=models.feed_size(model, images.shape[1:3]),
+                                        batch_size=batch_size)
     verbose = 1 if sys.stdout.isatty() else 0
     return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
 

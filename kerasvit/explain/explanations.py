@@ -27,7 +27,11 @@ def explain_method(model_name, model=None):
 
 
 def input_size(model):
-    return tuple(int(s) for s in model.input_shape[1:3])
+    """The size images are explained at: the model's own (a preset model resizes any size,
+    but its attention grid and Grad-CAM map follow the size it computes at)."""
+    from kerasvit import models
+
+    return models.image_size(model)
 
 
 def predict_logits(model, images):

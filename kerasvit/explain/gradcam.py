@@ -10,17 +10,23 @@ def split_at(model, layer_name):
     layer = model.get_layer(layer_name)
     features = layer.output
     if isinstance(layer, keras.Model):
-        # A nested model (a keras-hub classifier's backbone): its `output` is the one of its
-        # own graph; the model's graph holds the tensor of the call inside the model.
-        (node,) = layer._inbound_nodes
+        # A nested model (a keras-hub backbone): its `output` is the one of its own graph;
+        # the model's graph holds the tensor of the call inside the model. A backbone just
+        # rebuilt into a one-graph preset model (kerasvit.models.preset_graph) also keeps
+        # its call in the keras-hub classifier it came from: take the one in this graph.
+        (node,) = [node for node in layer._inbound_nodes if in_graph(model, node)]
         features = node.output_tensors[0]
     return keras.Model(model.inputs, features), keras.Model(features, model.outputs[0])
 
 
+def in_graph(model, node):
+    return any(node is other for nodes in model._nodes_by_depth.values() for other in nodes)
+
+
 def model_pixels(model, images):
-    """What the model's first layer sees. keras-hub classifiers (vit_b16, pretrained) run
-    their image converter (resize + normalisation) outside the model, in fit and predict:
-    it is applied here."""
+    """What the model's first layer sees. A keras-hub classifier (a `PipelineModel`) runs
+    its image converter (resize + normalisation) outside its graph, in fit and predict: it
+    is applied here. kerasvit's preset models have it inside (Resizing, Rescaling)."""
     import keras
 
     images = keras.ops.convert_to_tensor(images, "float32")

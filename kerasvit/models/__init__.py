@@ -67,3 +67,26 @@ def get_spec(name):
 
 def build_model(name, **kwargs):
     return get_spec(name).builder(**kwargs)
+
+
+def image_size(model):
+    """(height, width) the model computes at. Preset models (vit_b16, pretrained) take
+    images of any size and resize them themselves: their Resizing layer's size
+    (kerasvit.models.preset_graph); every other model: its input's."""
+    from kerasvit.models import preset_graph
+
+    return preset_graph.image_size(model) or tuple(int(s) for s in model.input_shape[1:3])
+
+
+def feed_size(model, native_size):
+    """The size to give the model images of `native_size` at. A preset model takes them as
+    they are (the resize then runs in its compiled step, on the accelerator), unless its
+    size has another aspect ratio: its Resizing layer would crop where the host's resize
+    stretches. Every other model: its image size (the data pipeline resizes)."""
+    from kerasvit.models import preset_graph
+
+    size = image_size(model)
+    native = tuple(int(s) for s in native_size)
+    if preset_graph.is_preset_graph(model) and native[0] * size[1] == native[1] * size[0]:
+        return native
+    return size

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasvit.models import image_size
+
 PACKAGE = "kerasvit"
 
 
@@ -96,7 +98,7 @@ def adapt_whitening_layers(model, images, seed, num_images=5000):
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(images), size=min(num_images, len(images)), replace=False))
     sample = np.asarray(images[chosen], np.float32)
-    size = tuple(model.input_shape[1:3])
+    size = image_size(model)
     if sample.shape[1:3] != size:  # as the training stream resizes them
         sample = keras.ops.convert_to_numpy(
             keras.ops.image.resize(sample, size, interpolation="bilinear"))

@@ -5,11 +5,12 @@ mobilenet_v3_small_100_imagenet, deit_tiny_distilled_patch16_224_imagenet, ...) 
 preset folder made with `save_to_preset`. `keras_hub.models.ImageClassifier.from_preset`
 picks the family's classifier (ResNetImageClassifier, DeiTImageClassifier, ...) from the
 preset; the head is new (random, 10 classes, float32 logits), the backbone keeps the
-preset's weights. The preset's own image converter (its input size and normalisation)
-stays attached to the model as its preprocessor, so the model takes raw [0, 255] pixels of
-any size: keras-hub applies it in fit/evaluate/predict. Convolutional backbones, which
-accept any size, are built at the converter's size, so that the model has one input size
-(the data pipeline resizes CIFAR's 32x32 images to it).
+preset's weights. The model is one Keras graph from raw [0, 255] pixels of any size (uint8
+or float) to logits (kerasvit.models.preset_graph): the preset's image converter (its
+input size and normalisation) becomes `Resizing` and `Rescaling` layers in front of the
+backbone, so they run inside the compiled step, on the accelerator, and the saved
+`model.keras` carries them. Convolutional backbones, which accept any size, are built at
+the converter's size (`kerasvit.models.image_size` reads it from the Resizing layer).
 
 finetune="full" trains every weight; "linear" freezes the backbone (its BatchNorm
 statistics included) and trains only the head: the classifier's layers after the backbone
@@ -48,14 +49,28 @@ def build_pretrained(
     num_classes=10,
     dropout_rate=0.0,
 ):
-    """Loads `preset` into its family's keras-hub `ImageClassifier` with a new head."""
+    """Loads `preset` into its family's keras-hub classifier with a new head, as one graph
+    from raw pixels to logits."""
     return load_classifier(preset, finetune, num_classes, dropout_rate)
 
 
 def load_classifier(preset, finetune, num_classes, dropout_rate, backbone_name=None,
                     default_preset=DEFAULT_PRESET, model_name="pretrained"):
-    """The classifier of `build_pretrained`; `backbone_name` (e.g. "ViTBackbone") restricts
-    the presets to one family, for the registry entry `model_name` (vit_b16)."""
+    """The one-graph model of `build_pretrained`, named `model_name`; `backbone_name` (e.g.
+    "ViTBackbone") restricts the presets to one family, for the registry entry `model_name`
+    (vit_b16)."""
+    from kerasvit.models import preset_graph
+
+    classifier = load_pipeline_model(preset, finetune, num_classes, dropout_rate,
+                                     backbone_name, default_preset, model_name)
+    return preset_graph.from_pipeline_model(classifier, name=model_name)
+
+
+def load_pipeline_model(preset, finetune, num_classes, dropout_rate, backbone_name=None,
+                        default_preset=DEFAULT_PRESET, model_name="pretrained"):
+    """keras-hub's `ImageClassifier` for the preset with a new head, its image converter
+    outside the graph as keras-hub has it (the model before kerasvit.models.preset_graph;
+    bench/preset_graph.py times both)."""
     if finetune not in FINETUNE_MODES:
         raise PresetError(f"finetune must be one of {', '.join(FINETUNE_MODES)}, got {finetune!r}")
     import keras_hub
@@ -88,7 +103,7 @@ def load_classifier(preset, finetune, num_classes, dropout_rate, backbone_name=N
                               "normalisation); save it from a classifier that has one "
                               "(classifier.save_to_preset)")
         classifier.preprocessor = default_vit_preprocessor(classifier.backbone, keras_hub)
-    if None in classifier.input_shape[1:3]:
+    if None in classifier.input_shape[1:3] or not classifier.preprocessor.image_converter.image_size:
         raise PresetError(f"preset {preset} gives no input size (its image converter does "
                           "not resize); save it with an image converter that has image_size")
     classifier.backbone.trainable = finetune == "full"
@@ -219,17 +234,23 @@ def default_vit_preprocessor(backbone, keras_hub):
 # ---- explain
 
 
-def backbone_family(classifier):
-    return type(classifier.backbone).__name__
+def backbone_family(model):
+    return type(preset_graph().backbone_of(model)).__name__
 
 
-def explain_method(classifier):
+def preset_graph():
+    from kerasvit.models import preset_graph as module  # imports keras: only once it is needed
+
+    return module
+
+
+def explain_method(model):
     """"attention" for ViT and DeiT, "gradcam" for backbones that end in a feature map;
     a one-line ExplainError for the others."""
-    family = backbone_family(classifier)
+    family = backbone_family(model)
     if family in ATTENTION_FAMILIES:
         return "attention"
-    if len(classifier.backbone.output.shape) == 4:
+    if len(preset_graph().backbone_of(model).output.shape) == 4:
         return "gradcam"
     from kerasvit.explain.explanations import ExplainError
 
@@ -238,23 +259,23 @@ def explain_method(classifier):
                        "attention; explain works for convolutional, ViT and DeiT presets")
 
 
-def gradcam_layer(classifier):
+def gradcam_layer(model):
     """The backbone's output, the last feature map before the head's pooling (the model's
-    preprocessor is applied first: kerasvit.explain.gradcam)."""
-    return classifier.backbone.name
+    own Resizing and Rescaling layers come before it)."""
+    return preset_graph().backbone_of(model).name
 
 
-def keras_hub_vit_scores(classifier, images):
-    """Runs a keras-hub `ViTImageClassifier`'s backbone block by block, asking each block's
-    own attention layer for its scores (keras-hub's `ViTEncoderBlock` discards them).
+def keras_hub_vit_scores(model, images):
+    """Runs a keras-hub ViT backbone block by block, asking each block's own attention
+    layer for its scores (keras-hub's `ViTEncoderBlock` discards them). `model`: a one-graph
+    preset model (or a keras-hub `ViTImageClassifier`).
 
     Returns (the encoder's output tokens, the list of score tensors). The block is
-    recomputed exactly as `ViTEncoderBlock.call` does it, so the tokens match
-    `classifier.backbone(...)`; tests check this.
+    recomputed exactly as `ViTEncoderBlock.call` does it, so the tokens match the
+    backbone's output; tests check this.
     """
-    pixels = classifier.preprocessor.image_converter(images)  # resize + rescale
-    backbone = classifier.backbone
-    tokens = backbone.get_layer("vit_patching_and_embedding")(pixels)
+    pixels_of, backbone, _ = preset_graph().preset_parts(model)
+    tokens = backbone.get_layer("vit_patching_and_embedding")(pixels_of(images))
     encoder = backbone.get_layer("vit_encoder")
     scores = []
     for block in encoder.encoder_layers:
@@ -266,21 +287,20 @@ def keras_hub_vit_scores(classifier, images):
     return encoder.layer_norm(tokens), scores
 
 
-def attention_scores(classifier, images):
+def attention_scores(model, images):
     """Every encoder block's attention probabilities, as (batch, heads, tokens, tokens) with
     one class token before the patches (DeiT's distillation token is dropped, each row
     renormalised), from the backbone's own blocks."""
     import keras
 
-    family = backbone_family(classifier)
-    pixels = classifier.preprocessor.image_converter(images)  # resize + rescale
+    family = backbone_family(model)
     if family == "ViTBackbone":
-        return keras_hub_vit_scores(classifier, images)[1]
+        return keras_hub_vit_scores(model, images)[1]
     if family != "DeiTBackbone":
-        explain_method(classifier)  # raises its one-line error
+        explain_method(model)  # raises its one-line error
         raise ValueError(f"{family} has a feature map: use Grad-CAM")
-    backbone = classifier.backbone
-    tokens = backbone.get_layer("deit_patching_and_embedding")(pixels)
+    pixels_of, backbone, _ = preset_graph().preset_parts(model)
+    tokens = backbone.get_layer("deit_patching_and_embedding")(pixels_of(images))
     scores = []
     for block in backbone.get_layer("deit_encoder").encoder_layers:
         tokens, block_scores = block(tokens, return_attention_scores=True)

@@ -3,8 +3,9 @@ the `pretrained` builder (kerasvit.models.pretrained) restricted to ViT presets,
 ViT-B/16 as its default preset.
 
 `preset` is a keras-hub preset name (downloaded from Kaggle) or a local preset directory
-(made with `save_to_preset`). The preset's own image converter (resize + normalisation)
-stays attached to the model as its preprocessor, so the model takes raw [0, 255] pixels.
+(made with `save_to_preset`). The model is one Keras graph from raw [0, 255] pixels of any
+size to logits: the preset's image converter (resize + normalisation) becomes its first
+layers (kerasvit.models.preset_graph), so they run inside the compiled step.
 """
 
 from kerasvit.models import ModelSpec, pretrained
@@ -25,7 +26,8 @@ def build_vit_b16(
     num_classes=10,
     dropout_rate=0.0,
 ):
-    """Loads `preset` into a `keras_hub.models.ViTImageClassifier` with a new head.
+    """Loads `preset` into keras-hub's ViT classifier with a new head, as one graph from
+    raw pixels to logits.
 
     finetune="full" trains every weight; "linear" freezes the backbone (a linear probe).
     """

@@ -91,6 +91,13 @@ def list_devices():
         return ["cpu:0"]
 
 
+def device_kind(devices=None):
+    """"gpu" when the backend sees a GPU (CUDA), else "cpu"."""
+    devices = list_devices() if devices is None else devices
+    return "gpu" if any("gpu" in str(d).lower() or "cuda" in str(d).lower()
+                        for d in devices) else "cpu"
+
+
 def collect_env(backend):
     """What made this run: backend, versions, devices, machine (env.json)."""
     devices = list_devices()
@@ -100,8 +107,7 @@ def collect_env(backend):
         "python": platform.python_version(),
         "devices": [str(d) for d in devices],
         "num_devices": len(devices),
-        "device_kind": "gpu" if any("gpu" in str(d).lower() or "cuda" in str(d).lower()
-                                    for d in devices) else "cpu",
+        "device_kind": device_kind(devices),
         "cpu": cpu_model(),
         "cpu_bf16_instructions": cpu_has_bf16_instructions(),
         "cpu_count": os.cpu_count(),

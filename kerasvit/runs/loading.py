@@ -4,7 +4,9 @@ A `.keras` file records the classes it needs; ours are registered when `kerasvit
 layers are imported, keras-hub's when `keras_hub` is. Loading is in Keras safe mode: a file
 holding Python code (a Lambda layer's function, which would run on loading) is refused
 unless the user passes --unsafe-load. Models load without the optimizer: a file saved under
-torch records a torch-only optimizer that fails on other backends.
+torch records a torch-only optimizer that fails on other backends. A keras-hub classifier
+saved before kerasvit made preset models one graph (its image converter outside the graph)
+is rebuilt as that graph, with the same weights (kerasvit.models.preset_graph.upgrade).
 
 The file is checked before keras is imported (`check_model_file`): a missing, truncated,
 corrupted or foreign file, or one with code in it, is refused in a fraction of a second.
@@ -148,13 +150,17 @@ def load_model(path, unsafe_load=False):
             # keras-hub tasks compile themselves when rebuilt, so Keras warns that the saved
             # optimizer state does not fit; we load for inference and never use it.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            return keras.models.load_model(model_path, compile=False, safe_mode=not unsafe_load)
+            model = keras.models.load_model(model_path, compile=False,
+                                            safe_mode=not unsafe_load)
     except Exception as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if "safe_mode=False" in str(error):  # code that our scan did not recognise
             raise UnsafeModelError(f"{model_path} holds Python code that Keras' safe mode "
                                    f"refuses; {UNSAFE_LOAD_HINT}") from None
         raise LoadError(f"cannot load {model_path}: {message[:200]}") from None
+    from kerasvit.models import preset_graph
+
+    return preset_graph.upgrade(model)
 
 
 def read_run_file(run_dir, name):
@@ -180,11 +186,11 @@ def model_name(model, config=None):
     """The registry name of a loaded model ("cnn", "vit", "vit_b16", "pretrained", ...)."""
     if config and "model" in config:
         return config["model"]
-    if type(model).__name__ == "ViTImageClassifier":
-        return "vit_b16"
-    if hasattr(model, "backbone") and type(model).__name__.endswith("ImageClassifier"):
-        return "pretrained"  # any other keras-hub image classifier
-    return model.name
+    from kerasvit.models import preset_graph
+
+    if preset_graph.is_pipeline_model(model):
+        return preset_graph.legacy_name(model)
+    return model.name  # preset models are named vit_b16 or pretrained (old ones on loading)
 
 
 def load_resume_config(run_dir):

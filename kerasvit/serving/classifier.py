@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
-from kerasvit import CLASS_NAMES
+from kerasvit import CLASS_NAMES, models
 from kerasvit.data import cifar, stream
 from kerasvit.data.images import MAX_PIXELS, TooManyPixels, open_image
 from kerasvit.errors import UserError
@@ -44,7 +44,7 @@ class ServedModel:
 
     @property
     def input_size(self):
-        return tuple(int(s) for s in self.model.input_shape[1:3])
+        return models.image_size(self.model)
 
 
 def load_served_model(path, backend, unsafe_load=False):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasvit import models
 from kerasvit.errors import UserError, first_line
 
 FORMATS = ("saved_model", "onnx")
@@ -121,7 +122,9 @@ def write_artifact(model, format, path, backend):
 
 
 def input_spec_shape(model):
-    return (None, *(int(size) for size in model.input_shape[1:]))
+    """The exported input: a batch of float32 images at the model's image size (a preset
+    model takes any size; its export is fixed at its preset's, which exporters handle)."""
+    return (None, *models.image_size(model), int(model.input_shape[-1]))
 
 
 def export_onnx_tensorflow(model, path):
@@ -279,7 +282,7 @@ def export(source, format, backend, out=None, test_images=1000, timing_repeats=1
     check_out(out)
     pixels, _ = cifar.load_test_images(cifar.resolve_data_dir(data_dir or ""),
                                        max(test_images, max(LATENCY_BATCHES)))
-    images = np.asarray(stream.prepare_images(pixels, model.input_shape[1:3]), np.float32)
+    images = np.asarray(stream.prepare_images(pixels, models.image_size(model)), np.float32)
 
     exported = float32_model(model)
     exported(images[:2], training=False)  # Keras exports only models that have been called

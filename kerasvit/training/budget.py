@@ -19,6 +19,7 @@ import time
 import keras
 import numpy as np
 
+from kerasvit import models
 from kerasvit.config import ConfigError
 
 # Fraction of the budget the plan may use: timing noise and epoch-to-epoch variation
@@ -53,7 +54,8 @@ def measure(config, splits, backend, build_model):
     steps = loop.count_steps(len(images), config.batch_size, config.steps_per_epoch)
     recipe.compile_model(model, config, steps, backend)
     batches_stream = stream.training_stream(
-        images, labels, image_size=model.input_shape[1:3], batch_size=config.batch_size,
+        images, labels, image_size=models.feed_size(model, images.shape[1:3]),
+        batch_size=config.batch_size,
         steps=min(WARMUP_STEPS + TIMED_STEPS, steps), augmentation=config.augmentation,
         seed=config.seed, epochs=1)
     distinct = [(x.numpy(), y.numpy()) for x, y in batches_stream]

@@ -10,7 +10,7 @@ import sys
 
 import keras
 
-from kerasvit import distribution
+from kerasvit import distribution, models
 from kerasvit.runs import folders
 from kerasvit.training import callbacks, checkpoint, recipe
 
@@ -26,8 +26,8 @@ def fit(model, config, splits, backend, run_dir=None, extra_callbacks=()):
     backup there (--resume), training only the epochs after it."""
     from kerasvit.data import stream
 
-    image_size = model.input_shape[1:3]
     train_images, train_labels = splits["train"]
+    image_size = models.feed_size(model, train_images.shape[1:3])
     steps = count_steps(len(train_images), config.batch_size, config.steps_per_epoch)
     recipe.compile_model(model, config, steps, backend)
     monitor = callbacks.TrainingMonitor(config.batch_size)
@@ -89,7 +89,7 @@ def confusion_images(splits):
 def evaluate_test(model, config, splits, callbacks=()):
     from kerasvit.data import stream
 
-    image_size = model.input_shape[1:3]
+    image_size = models.feed_size(model, splits["test"][0].shape[1:3])
     test_ds = stream.evaluation_dataset(
         *splits["test"], image_size=image_size, batch_size=config.batch_size,
         batch_multiple=distribution.evaluation_batch_multiple(config.batch_size))

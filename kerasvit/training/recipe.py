@@ -12,12 +12,47 @@ NO_DECAY_NAMES = ["bias", "gamma", "beta", "class_token", "positions", "position
                   "token_embedding"]
 
 
-def resolve_jit_compile(setting, backend):
-    """'auto' is XLA on JAX only: JAX needs it, while on this CPU TF's XLA was slower for
-    convolutions (141 vs 212 images/s) and torch.compile cost 20-50 s for little gain."""
-    if setting == "auto":
-        return backend == "jax"
-    return setting == "on"
+# --jit-compile auto: (backend, device kind) -> (jit_compile, why). One table, so that a
+# bench result changes one line. CPU rows: what kerasvit always did there. GPU rows: not
+# measured yet (bench/gpu_check.py on an H200, issue 21), so they keep the CPU choice; the
+# open question is torch, where jit_compile=True is torch.compile of the train step.
+JIT_TABLE = {
+    ("jax", "cpu"): (True, "JAX runs every step through XLA"),
+    ("jax", "gpu"): (True, "JAX runs every step through XLA"),
+    ("tensorflow", "cpu"): (False, "on the CPU, TF's XLA was slower for convolutions "
+                                   "(141 vs 212 images/s, bench/)"),
+    ("tensorflow", "gpu"): (False, "not yet measured on a GPU: as on the CPU"),
+    ("torch", "cpu"): (False, "on the CPU, torch.compile cost 20-50 s at the first step "
+                              "for little gain (bench/)"),
+    ("torch", "gpu"): (False, "not yet measured on a GPU (bench/gpu_check.py decides "
+                              "whether torch.compile pays): as on the CPU"),
+}
+
+
+def choose_jit_compile(backend, device_kind):
+    """(jit_compile value, why) that --jit-compile auto picks for this backend on a
+    "cpu" or "gpu" (any accelerator counts as a GPU)."""
+    kind = "cpu" if device_kind == "cpu" else "gpu"
+    value, reason = JIT_TABLE[backend, kind]
+    return value, f"auto: {backend} on the {kind.upper()}: {reason}"
+
+
+def jit_compile_choice(setting, backend, device_kind=None):
+    """{"setting", "value", "reason"} for the run folder (env.json), as `mixed_precision`
+    is recorded; `device_kind` ("cpu", "gpu") is looked up when not given."""
+    if setting in ("on", "off"):
+        return {"setting": setting, "value": setting == "on", "reason": f"--jit-compile {setting}"}
+    if device_kind is None:
+        from kerasvit.runs import environment
+
+        device_kind = environment.device_kind()
+    value, reason = choose_jit_compile(backend, device_kind)
+    return {"setting": setting, "value": value, "reason": reason}
+
+
+def resolve_jit_compile(setting, backend, device_kind=None):
+    """The jit_compile value for model.compile (see `jit_compile_choice`)."""
+    return jit_compile_choice(setting, backend, device_kind)["value"]
 
 
 def learning_rate_schedule(config, steps_per_epoch, peak=None):

@@ -32,15 +32,17 @@ def plan_for_budget(config, splits, backend, process_start):
     return plan
 
 
-def create_run_dir(config, backend, run_dir, hosts, distributed, chosen_precision):
+def create_run_dir(config, backend, run_dir, hosts, distributed, chosen_precision,
+                   chosen_jit):
     """A new run folder (`run_dir`, or runs/<model>-<backend>-<time>) with config.json and
-    env.json."""
+    env.json (with the --mixed-precision and --jit-compile picks and why)."""
     default = distribution.default_run_dir(config.model, backend, hosts, folders.RUNS_ROOT)
     run_dir = folders.new_run_dir(config.model, backend, run_dir or default)
     folders.write_json(run_dir / "config.json", config.to_dict())
     folders.write_json(run_dir / "env.json", {**environment.collect_env(backend),
                                               "distribution": distributed,
-                                              "mixed_precision": chosen_precision})
+                                              "mixed_precision": chosen_precision,
+                                              "jit_compile": chosen_jit})
     return run_dir
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerasvit import CLASS_NAMES
+from kerasvit import CLASS_NAMES, models
 
 # Predicting the whole validation split at 224x224 (vit_b16) would take many minutes on a
 # CPU; the image budget scales down with the input area (2,000 images at 32x32).
@@ -64,10 +64,9 @@ class ConfusionMatrixImage(keras.callbacks.Callback):
         from kerasvit.data import stream
         from kerasvit.evaluation import figures
 
-        image_size = self.model.input_shape[1:3]
-        budget = image_budget(image_size)
+        budget = image_budget(models.image_size(self.model))
         images, labels = self.images[:budget], self.labels[:budget]
-        batch = stream.prepare_images(images, image_size)
+        batch = stream.prepare_images(images, models.feed_size(self.model, images.shape[1:3]))
         predicted = np.asarray(predict_logits(self.model, batch, self.batch_size)).argmax(-1)
         matrix = metrics.confusion_matrix(labels, predicted, labels=np.arange(len(CLASS_NAMES)))
         figure = figures.confusion_matrix_figure(

@@ -18,6 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from kerasvit import models
 from kerasvit.errors import UserError, first_line
 
 DEFAULT_PROJECT = "kerasvit"
@@ -112,6 +113,7 @@ def test_predictions(model, config, splits):
 
     if distribution.spans_processes() or not len(splits["test"][0]):
         return None
-    dataset = stream.evaluation_dataset(*splits["test"], image_size=model.input_shape[1:3],
+    size = models.feed_size(model, splits["test"][0].shape[1:3])
+    dataset = stream.evaluation_dataset(*splits["test"], image_size=size,
                                         batch_size=config.batch_size)
     return np.asarray(model.predict(dataset, verbose=0)).argmax(axis=1)

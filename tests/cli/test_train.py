@@ -36,6 +36,9 @@ def test_run_folder_has_every_file(tiny_cnn_run, backend):
     assert config["subset_per_class"] == 5 and config["model_args"]["widths"] == [8, 16, 32]
     env = json.loads((run_dir / "env.json").read_text())
     assert env["backend"] == backend and env["versions"]["keras"] and env["num_devices"] >= 1
+    assert env["jit_compile"] == {"setting": "auto", "value": backend == "jax",
+                                  "reason": env["jit_compile"]["reason"]}
+    assert env["jit_compile"]["reason"].startswith(f"auto: {backend} on the CPU")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_images"] == 100 and "resumed_after_epochs" not in metrics
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0

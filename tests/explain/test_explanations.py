@@ -102,11 +102,13 @@ def test_attention_rows_sum_to_one_and_maps_have_grid_shape(loaded, images, name
 def test_keras_hub_recomputation_matches_backbone(loaded, images):
     import keras
 
+    from kerasvit.models.preset_graph import preset_parts
     from kerasvit.models.vit_b16 import keras_hub_vit_scores
 
-    classifier = loaded["vit_b16"]
-    tokens, _ = keras_hub_vit_scores(classifier, images)
-    expected = classifier.backbone(classifier.preprocessor.image_converter(images))
+    model = loaded["vit_b16"]  # saved as keras-hub's classifier, loaded as one graph
+    tokens, _ = keras_hub_vit_scores(model, images)
+    pixels_of, backbone, _ = preset_parts(model)
+    expected = backbone(pixels_of(images))
     difference = np.abs(keras.ops.convert_to_numpy(tokens) - keras.ops.convert_to_numpy(expected))
     assert difference.max() < 1e-5
 

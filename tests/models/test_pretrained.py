@@ -19,7 +19,8 @@ from tiny_presets import IMAGE_SIZES, save_tiny_preset
 from kerasvit import cli
 from kerasvit.config import TrainConfig
 from kerasvit.explain.explanations import ExplainError, explain_batch
-from kerasvit.models import build_model, get_spec, pretrained
+from kerasvit.models import build_model, get_spec, image_size, pretrained
+from kerasvit.models.preset_graph import backbone_of
 from kerasvit.models.pretrained import PresetError, build_pretrained
 from kerasvit.training import recipe
 
@@ -63,10 +64,11 @@ def compile_and_fit(model, images, labels, backend, epochs, learning_rate):
 def test_local_preset_keeps_its_weights_and_input_size_with_a_new_head(family, presets):
     path, saved = presets[family]
     model = build_pretrained(preset=path)
-    assert model.input_shape == (None, *IMAGE_SIZES[family], 3)  # the converter's size
+    assert model.input_shape == (None, None, None, 3)  # any size: the model resizes
+    assert image_size(model) == IMAGE_SIZES[family]  # to the converter's
     assert model.output_shape == (None, 10)
     assert model.get_layer("predictions").compute_dtype == "float32"
-    for loaded, original in zip(weights_of(model.backbone), saved):
+    for loaded, original in zip(weights_of(backbone_of(model)), saved):
         np.testing.assert_array_equal(loaded, original)
     # Raw [0, 255] CIFAR images of another size go in; the preset's converter resizes.
     assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 10)
@@ -78,7 +80,7 @@ def test_full_finetune_changes_the_backbone_and_learns(family, presets, cifar_sp
     validation images must beat chance (0.10; spread over 500 images 0.013)."""
     keras.utils.set_random_seed(0)
     model = build_pretrained(preset=presets[family][0], finetune="full")
-    backbone_before = weights_of(model.backbone, trainable=True)
+    backbone_before = weights_of(backbone_of(model), trainable=True)
     images, labels = cifar_splits["train"]
     epochs, learning_rate = FULL_TRAINING[family]
     before, after = compile_and_fit(model, images.astype("float32"), labels, backend, epochs,
@@ -90,7 +92,7 @@ def test_full_finetune_changes_the_backbone_and_learns(family, presets, cifar_sp
                               verbose=0, return_dict=True)["accuracy"]
     assert accuracy > 0.15, accuracy
     changed = [not np.allclose(a, b) for a, b in
-               zip(backbone_before, weights_of(model.backbone, trainable=True))]
+               zip(backbone_before, weights_of(backbone_of(model), trainable=True))]
     assert all(changed), f"{changed.count(False)} of {len(changed)} backbone weights unchanged"
 
 
@@ -98,15 +100,15 @@ def test_full_finetune_changes_the_backbone_and_learns(family, presets, cifar_sp
 def test_linear_probe_changes_only_the_head(family, presets, cifar_batch, backend):
     keras.utils.set_random_seed(0)
     model = build_pretrained(preset=presets[family][0], finetune="linear")
-    assert model.backbone.trainable_weights == []
+    assert backbone_of(model).trainable_weights == []
     head = model.trainable_weights  # the layers after the backbone
     assert head, "nothing trains"
-    backbone_before, head_before = weights_of(model.backbone), [
+    backbone_before, head_before = weights_of(backbone_of(model)), [
         keras.ops.convert_to_numpy(w).copy() for w in head]
     before, after = compile_and_fit(model, *cifar_batch, backend, *LINEAR_TRAINING)
     assert after["loss"] < before["loss"]
     # Every backbone weight, BatchNorm's moving statistics included, is as loaded.
-    for a, b in zip(backbone_before, weights_of(model.backbone)):
+    for a, b in zip(backbone_before, weights_of(backbone_of(model))):
         np.testing.assert_array_equal(a, b)
     assert all(not np.allclose(a, keras.ops.convert_to_numpy(b)) for a, b in zip(head_before, head))
 
@@ -183,7 +185,7 @@ def test_explain_produces_a_map(family, presets, cifar_batch):
         # 32x32 in patches of 8: a 4x4 grid once the class and distillation tokens are set aside.
         assert maps.shape == (3, 4, 4) and result["layers"].shape == (3, 2, 4, 4)
     else:
-        grid = model.backbone.output.shape[1:3]
+        grid = backbone_of(model).output.shape[1:3]
         assert maps.shape == (3, *grid) and min(grid) >= 2
     assert np.all(np.isfinite(maps)) and np.all(maps >= 0) and maps.max() > 0
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from kerasvit.config import TrainConfig
+from kerasvit.models import image_size
+from kerasvit.models.preset_graph import RESCALING, RESIZING, backbone_of
 from kerasvit.models.vit_b16 import PresetError, build_vit_b16
 from kerasvit.training import recipe
 
@@ -50,22 +52,23 @@ def test_local_preset_loads_backbone_weights_with_a_new_10_class_head(tiny_prese
     path, saved_weights = tiny_preset
     model = build_vit_b16(preset=path)
     assert model.output_shape == (None, 10)
-    assert model.input_shape == (None, 32, 32, 3)
-    for loaded, saved in zip(model.backbone.get_weights(), saved_weights):
+    assert model.input_shape == (None, None, None, 3) and image_size(model) == (32, 32)
+    for loaded, saved in zip(backbone_of(model).get_weights(), saved_weights):
         np.testing.assert_array_equal(loaded, saved)
-    assert model.preprocessor is not None  # the preset's own image converter
+    # The preset's own image converter, as layers of the graph.
+    assert model.get_layer(RESCALING).scale == 1 / 127.5 and model.get_layer(RESIZING).height == 32
 
 
 def test_full_finetune_learns_and_changes_the_backbone(tiny_preset, cifar_batch, backend):
     keras.utils.set_random_seed(0)
     model = build_vit_b16(preset=tiny_preset[0], finetune="full")
-    backbone_before = weights_of(model.backbone)
+    backbone_before = weights_of(backbone_of(model))
     before, after = train_briefly(model, cifar_batch, backend)
     assert after["loss"] < 0.9 * before["loss"]
     # 1.5x chance (10 classes); 0.2 sat one image above what torch reached after other tests
     # had changed its global numerics settings (0.195 in the full suite, 0.2+ alone).
     assert after["accuracy"] > 0.15
-    changed = [not np.allclose(a, b) for a, b in zip(backbone_before, weights_of(model.backbone))]
+    changed = [not np.allclose(a, b) for a, b in zip(backbone_before, weights_of(backbone_of(model)))]
     assert all(changed)
 
 
@@ -73,10 +76,10 @@ def test_linear_probe_changes_only_the_head(tiny_preset, cifar_batch, backend):
     keras.utils.set_random_seed(0)
     model = build_vit_b16(preset=tiny_preset[0], finetune="linear")
     head = model.get_layer("predictions")
-    backbone_before, head_before = weights_of(model.backbone), weights_of(head)
+    backbone_before, head_before = weights_of(backbone_of(model)), weights_of(head)
     before, after = train_briefly(model, cifar_batch, backend, epochs=2)
     assert after["loss"] < before["loss"]
-    for a, b in zip(backbone_before, weights_of(model.backbone)):
+    for a, b in zip(backbone_before, weights_of(backbone_of(model))):
         np.testing.assert_array_equal(a, b)
     assert all(not np.allclose(a, b) for a, b in zip(head_before, weights_of(head)))
 
@@ -86,7 +89,7 @@ def test_mixed_precision_trains_with_float32_logits(tiny_preset, cifar_batch, ba
     try:
         model = build_vit_b16(preset=tiny_preset[0])
         assert model.get_layer("predictions").compute_dtype == "float32"
-        assert model.backbone.compute_dtype == "bfloat16"
+        assert backbone_of(model).compute_dtype == "bfloat16"
         before, after = train_briefly(model, cifar_batch, backend, epochs=2)
     finally:
         keras.mixed_precision.set_global_policy("float32")
