@@ -13,7 +13,7 @@ IMAGENET_OFFSET = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
 # see the input size come from the preset. The tiny MobileNetV3 halves the resolution 4 times:
 # 32x32 leaves a 2x2 map.
 IMAGE_SIZES = {"resnet": (40, 40), "mobilenet": (32, 32), "deit": (32, 32), "vit": (32, 32),
-               "vit224": (224, 224)}
+               "vit224": (224, 224), "efficientnet": (40, 40)}
 # The families the configs' presets stand for. vit224 is ViT-B/16's layout at its real input
 # size (patches of 16 at 224x224, 196 patches), one narrow block so that it stays cheap: the
 # one-graph tests upsample CIFAR's 32x32 in the model, as the real fine-tune does.
@@ -63,7 +63,22 @@ def vit224(keras_hub):
     return backbone, keras_hub.layers.ViTImageConverter, keras_hub.models.ViTImageClassifier
 
 
-MAKERS = {"resnet": resnet, "mobilenet": mobilenet, "deit": deit, "vit": vit, "vit224": vit224}
+def efficientnet(keras_hub):
+    """EfficientNet-B0's first two stages (keras-hub's timm layout). Its
+    backbone takes `input_shape`, not `image_shape`, so from_preset cannot fix its size."""
+    from keras_hub.src.utils.timm import convert_efficientnet
+
+    config = convert_efficientnet.convert_backbone_config({"architecture": "efficientnet_b0"})
+    config = {key: value[:2] if key.startswith("stackwise_") and isinstance(value, list)
+              else value for key, value in config.items()}
+    config["stackwise_num_repeats"] = [1, 1]
+    backbone = keras_hub.models.EfficientNetBackbone(**config)
+    return (backbone, keras_hub.layers.EfficientNetImageConverter,
+            keras_hub.models.EfficientNetImageClassifier)
+
+
+MAKERS = {"resnet": resnet, "mobilenet": mobilenet, "deit": deit, "vit": vit,
+          "efficientnet": efficientnet, "vit224": vit224}
 
 
 def save_tiny_preset(family, path, images):

@@ -103,7 +103,10 @@ def load_pipeline_model(preset, finetune, num_classes, dropout_rate, backbone_na
                               "normalisation); save it from a classifier that has one "
                               "(classifier.save_to_preset)")
         classifier.preprocessor = default_vit_preprocessor(classifier.backbone, keras_hub)
-    if None in classifier.input_shape[1:3] or not classifier.preprocessor.image_converter.image_size:
+    # The converter's size is the model's (its Resizing layer); a backbone keras-hub cannot
+    # build at that size (EfficientNet: only `image_shape` reaches a backbone from
+    # from_preset, and it calls its argument input_shape) stays size-agnostic behind it.
+    if not classifier.preprocessor.image_converter.image_size:
         raise PresetError(f"preset {preset} gives no input size (its image converter does "
                           "not resize); save it with an image converter that has image_size")
     classifier.backbone.trainable = finetune == "full"

@@ -231,6 +231,22 @@ def test_unknown_presets_and_other_models_are_refused(tmp_path):
         build_pretrained(preset=str(folder), finetune="head")
 
 
+def test_a_backbone_built_without_the_converters_size_takes_it_from_the_graph(
+        tmp_path, cifar_splits):
+    """keras-hub's from_preset passes `image_shape` to backbones, and EfficientNet's is called
+    `input_shape`: its backbone stays size-agnostic, and the model's Resizing layer gives the
+    preset's size (40x40 here, not CIFAR's 32) all the same."""
+    images = cifar_splits["test"][0][:20]
+    save_tiny_preset("efficientnet", tmp_path / "efficientnet", images.astype("float32"))
+    model = build_model("pretrained", preset=str(tmp_path / "efficientnet"), finetune="linear")
+    assert image_size(model) == IMAGE_SIZES["efficientnet"]
+    assert None in backbone_of(model).input_shape[1:3]
+    logits = keras.ops.convert_to_numpy(model.predict_on_batch(images[:4]))
+    assert logits.shape == (4, 10) and np.isfinite(logits).all()
+    head = {id(w) for w in model.trainable_weights}
+    assert head and not head & {id(w) for w in backbone_of(model).weights}
+
+
 def test_vit_b16_takes_only_vit_presets(presets):
     with pytest.raises(PresetError, match="holds a ResNetBackbone model, not a ViT; --model vit_b16"):
         build_model("vit_b16", preset=presets["resnet"][0])
