@@ -23,6 +23,7 @@ maps for ViT and DeiT; other families (Swin, MiT) cannot be explained and say so
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 
 from kerasvit.errors import UserError
@@ -211,9 +212,18 @@ def check_preset_folder(preset, backbone_name=None, default_preset=DEFAULT_PRESE
                           "save_to_preset wrote for a keras-hub image classifier")
 
 
+def failure_reason(error):
+    """A short reason for a failed load: the host for a connection failure (requests' message
+    nests the whole retry chain), else the error's first line."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    host = re.search(r"host='([^']+)'", text)
+    if host and any("ConnectionError" in kind.__name__ for kind in type(error).__mro__):
+        return f"no connection to {host.group(1)}"
+    return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
+
+
 def preset_error(preset, error, default_preset=DEFAULT_PRESET):
-    text = str(error).splitlines()[0][:160] if str(error) else ""
-    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    reason = failure_reason(error)
     if looks_like_path(preset):
         return PresetError(f"could not load the local preset {preset} ({reason}); is it an "
                            "image classifier preset saved with save_to_preset?")

@@ -217,6 +217,8 @@ def test_offline_download_failure_is_one_clear_line(monkeypatch):
     message = str(raised.value)
     assert "could not fetch the weights of preset 'resnet_18_imagenet'" in message
     assert "--preset /path/to/local_preset" in message and "\n" not in message
+    # The reason names what failed, not requests' whole retry chain cut mid-word.
+    assert "(no connection to api.kaggle.com)" in message
 
 
 def test_unknown_presets_and_other_models_are_refused(tmp_path):
