@@ -126,6 +126,30 @@ def test_an_old_pipeline_model_file_loads_as_one_graph_and_predicts_the_same(old
                                    np.load(folder / f"logits-{height}x{width}.npy"), atol=1e-5)
 
 
+def test_a_backup_the_old_classifier_wrote_resumes_into_the_one_graph(presets, tmp_path):
+    """--resume of a run killed before the change: its backup holds keras-hub classifier
+    weights and optimizer state; the run now rebuilds the one-graph model and restores them."""
+    from kerasvit import config as kerasvit_config
+    from kerasvit.training import checkpoint, recipe
+
+    config = kerasvit_config.load_config_file(kerasvit_config.config_path_for_model("vit_b16"))
+    backend = keras.backend.backend()
+    old, _ = pipeline_and_graph(presets["vit224"])
+    recipe.compile_model(old, config, 10, backend)
+    images = pixels((32, 32)).astype("float32")
+    old.fit(images, keras.utils.to_categorical(np.arange(4), 10), epochs=1, verbose=0)
+    checkpoint.save_backup(old, tmp_path / "backup", epochs_done=1)
+    keras.utils.set_random_seed(1)  # another head than the old model's
+    new = pretrained.build_pretrained(preset=presets["vit224"])
+    recipe.compile_model(new, config, 10, backend)
+    trained = preset_graph.from_pipeline_model(old).predict(images, verbose=0)
+    assert np.abs(new.predict(images, verbose=0) - trained).max() > 1e-3
+
+    assert checkpoint.restore_backup(new, tmp_path / "backup") == 1
+    np.testing.assert_allclose(new.predict(images, verbose=0), trained, atol=1e-5)
+    assert int(keras.ops.convert_to_numpy(new.optimizer.iterations)) == 1
+
+
 # Loads each file on another backend, as kerasvit's CLIs do, and predicts 32x32 uint8 images.
 CHILD_SCRIPT = textwrap.dedent("""
     import sys
