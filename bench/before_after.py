@@ -55,9 +55,11 @@ def bench_once(checkout, args, out):
 
 
 def medians(runs, side):
-    names = sorted({name for run in runs if run["side"] == side for name in run["figures"]})
-    return {name: {metric: statistics.median(run["figures"][name][metric] for run in runs
-                                             if run["side"] == side and name in run["figures"])
+    """Per contender and metric, the median over `side`'s runs that timed it."""
+    side_runs = [run["figures"] for run in runs if run["side"] == side]
+    names = sorted({name for figures in side_runs for name in figures})
+    return {name: {metric: statistics.median(figures[name][metric] for figures in side_runs
+                                             if name in figures)
                    for metric in METRICS}
             for name in names}
 
