@@ -8,9 +8,12 @@ import shlex
 
 import pytest
 from cli_helpers import REPO, cli_env, run_cli
+from suite_passes import in_one_pass
 from tiny_presets import FAMILIES, save_tiny_preset
 
-pytestmark = pytest.mark.slow
+# Each backend trains the models (tests/models, tests/training); what these check, that a
+# config's keys resolve and its run writes what it promises, does not depend on the backend.
+pytestmark = [pytest.mark.slow, in_one_pass("a config file means the same on every backend")]
 
 CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 # The shortening: everything else stays as the file says. time_budget_minutes=0 because a

@@ -12,6 +12,7 @@ from cli_helpers import (
     run_train,
     train_error_line,
 )
+from suite_passes import in_one_pass
 
 from kerasvit.cli import train
 from kerasvit.models import pretrained
@@ -49,6 +50,7 @@ def test_run_folder_has_every_file(tiny_cnn_run, backend):
     assert "test accuracy" in first.stdout and str(run_dir.name) in first.stdout
 
 
+@in_one_pass("the test images are chosen by the data pipeline, before any backend")
 def test_test_per_class_is_used_and_recorded(tmp_path):
     # The tiny run of TINY_TRAIN_FLAGS, one epoch, tested on 3 images of each class.
     run_train(["--model", "cnn", "--subset-per-class", "5", "--epochs", "1", "--batch-size", "25",

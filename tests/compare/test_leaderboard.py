@@ -9,9 +9,14 @@ import json
 import re
 
 import pytest
+from suite_passes import in_one_pass
 
 from kerasvit.cli import compare_models, evaluate, train
 from kerasvit.compare import leaderboard
+
+# compare_models reads run folders; the folders are the same whichever backend wrote them
+# (tests/runs and tests/cli check that per backend).
+pytestmark = in_one_pass("the report is built from run folders, whichever backend wrote them")
 
 # Training always evaluates the whole 10k test set, at the training batch size: 16x16 inputs
 # (the pipeline resizes) and batch 100 keep that to seconds; at 32x32 and batch 25 it took
