@@ -6,6 +6,8 @@
 # Each pass runs on WORKERS pytest-xdist processes (default 2), a test file per worker: one
 # process kept 1.3 of the 2 cores busy (imports, XLA compiles and small models are serial);
 # two took the JAX pass from 970 s to 638 s. WORKERS=0 runs in this process (for -x, pdb).
+# DIST=load hands out single tests instead of files: for the slow pass, whose 18 config runs
+# are one file and share no fixture worth keeping on one worker.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d ../shared/tensorflow_datasets ]; then
@@ -13,7 +15,7 @@ if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d ../shared/tensorflow_datasets ]; then
 fi
 failed=()
 marker=(-m "not slow")
-workers=(-n "${WORKERS:-2}" --dist loadfile)
+workers=(-n "${WORKERS:-2}" --dist "${DIST:-loadfile}")
 if [ "${WORKERS:-2}" = 0 ]; then workers=(); fi
 if [ "${KERASVIT_SLOW:-0}" = 1 ]; then marker=(); fi
 for backend in ${BACKENDS:-tensorflow jax torch}; do
