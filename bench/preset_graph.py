@@ -23,7 +23,8 @@ Figures: images/s = batch / median seconds over `--repeats` calls, after `--warm
 `python -m kerasvit.evaluate` and `python -m kerasvit.predict` on `--test-images` test
 images (wall time of the whole command, process start included). `--before-checkout DIR`
 runs the same two commands with the code at DIR (e.g. `git worktree add DIR <commit before
-issue 21>`) on a copy of the run whose model.keras is the same weights saved the old way.
+issue 21>`) on a copy of the run whose model.keras is the same weights saved the old way, in
+the order new, old, old, new; each side's figure is the mean of its two runs.
 
 Prints the figures; `--json PATH` writes them. Time it only on an otherwise idle machine.
 """
@@ -194,12 +195,21 @@ def cli_times(spec, backend, preset):
                "--set", "validation_size=10", "--set", "test_images=10",
                "--mixed-precision", "off", "--run-dir", str(new_run)], backend, cwd=work)
     files = write_test_pngs(work / "images", spec["test_images"])
-    times = {"new": commands_seconds(new_run, files, spec["test_images"], backend, REPO)}
-    if spec["before_checkout"]:
-        old_run = old_style_copy(new_run, work / "run-old", preset)
-        times["old"] = commands_seconds(old_run, files, spec["test_images"], backend,
-                                        spec["before_checkout"])
-    return times
+    if not spec["before_checkout"]:
+        return {"new": commands_seconds(new_run, files, spec["test_images"], backend, REPO)}
+    sides = {"new": (new_run, REPO),
+             "old": (old_style_copy(new_run, work / "run-old", preset), spec["before_checkout"])}
+    # new, old, old, new: the machine's drift between commands minutes apart (up to 45% on
+    # these CPUs) falls on both sides alike; each side's figure is the mean of its two runs.
+    runs = {"new": [], "old": []}
+    for name in ("new", "old", "old", "new"):
+        run_dir, checkout = sides[name]
+        runs[name].append(commands_seconds(run_dir, files, spec["test_images"], backend,
+                                           checkout))
+    return {name: {"evaluate_s": sum(r["evaluate_s"] for r in side) / len(side),
+                   "predict_s": sum(r["predict_s"] for r in side) / len(side),
+                   "images": spec["test_images"], "runs": side}
+            for name, side in runs.items()}
 
 
 def commands_seconds(run_dir, files, test_images, backend, checkout):
