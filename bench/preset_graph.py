@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -206,8 +207,8 @@ def cli_times(spec, backend, preset):
         run_dir, checkout = sides[name]
         runs[name].append(commands_seconds(run_dir, files, spec["test_images"], backend,
                                            checkout))
-    return {name: {"evaluate_s": sum(r["evaluate_s"] for r in side) / len(side),
-                   "predict_s": sum(r["predict_s"] for r in side) / len(side),
+    return {name: {"evaluate_s": statistics.mean(r["evaluate_s"] for r in side),
+                   "predict_s": statistics.mean(r["predict_s"] for r in side),
                    "images": spec["test_images"], "runs": side}
             for name, side in runs.items()}
 

@@ -5,7 +5,7 @@
 # BACKENDS="jax torch" limits the backends.
 # Each pass runs on WORKERS pytest-xdist processes (default 2), a test file per worker: one
 # process kept 1.3 of the 2 cores busy (imports, XLA compiles and small models are serial);
-# two took the JAX pass from 970 s to 638 s. WORKERS=0 runs in this process (for -x, pdb).
+# the timings are in the README's Tests section. WORKERS=0 runs in this process (-x, pdb).
 # DIST=load hands out single tests instead of files: for the slow pass, whose 18 config runs
 # are one file and share no fixture worth keeping on one worker.
 set -uo pipefail
