@@ -1,6 +1,7 @@
 """A model trained under this process's backend, loaded and evaluated under the other two
 (in subprocesses with another KERAS_BACKEND): same predictions (max abs difference of
-probabilities <= 1e-4) and the same test accuracy.
+probabilities <= 1e-4) and the same test accuracy. Also a cnn saved in channels_first (the
+layout torch computes it in), which the other backends must load and run the same.
 
 The subprocess loads the file with a plain `keras.saving.load_model` after `import kerasvit`,
 as a user's script would: that checks the custom-layer registration and Keras' safe mode.
@@ -20,6 +21,8 @@ from trained_run import tiny_vit_run
 from kerasvit import cli
 from kerasvit.data import cifar
 from kerasvit.evaluation import classification
+from kerasvit.models.cnn import build_cnn
+from kerasvit.models.cnn_layers import adapt_whitening_layers
 from kerasvit.runs import loading
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +38,12 @@ CHILD_SCRIPT = textwrap.dedent("""
     from kerasvit.cli import evaluate
     from kerasvit.evaluation import classification
 
-    model_path, images_path, out_dir = sys.argv[1:4]
+    model_path, images_path, out_dir, cnn_path = sys.argv[1:5]
     model = keras.saving.load_model(model_path, compile=False)  # safe_mode defaults to True
     logits = model.predict(np.load(images_path), verbose=0)
     np.save(out_dir + "/probabilities.npy", classification.softmax(keras.ops.convert_to_numpy(logits)))
+    cnn = keras.saving.load_model(cnn_path, compile=False)
+    np.save(out_dir + "/cnn_logits.npy", keras.ops.convert_to_numpy(cnn.predict(np.load(images_path), verbose=0)))
     evaluate.main([model_path, "--out", out_dir, "--test-images", str(len(np.load(images_path))),
                    "--timing-repeats", "1", "--batch-size", "250"])
 """)
@@ -54,7 +59,18 @@ def other_backends():
 
 
 @pytest.fixture(scope="session")
-def cross_backend_results(tiny_run, tmp_path_factory):
+def channels_first_cnn(cifar_splits, tmp_path_factory):
+    """A tiny cnn in channels_first, its whitening set from real images, saved as .keras."""
+    images = cifar_splits["train"][0].astype("float32")
+    model = build_cnn(widths=(8, 16, 16), data_format="channels_first")
+    adapt_whitening_layers(model, images, seed=0, num_images=100)
+    path = tmp_path_factory.mktemp("cnn_channels_first") / "model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cross_backend_results(tiny_run, channels_first_cnn, tmp_path_factory):
     """Starts one child per other backend (in parallel: each mostly waits on imports) and
     returns {backend: folder with its probabilities.npy and metrics.json}."""
     work = tmp_path_factory.mktemp("cross_backend")
@@ -67,7 +83,7 @@ def cross_backend_results(tiny_run, tmp_path_factory):
         env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO_ROOT)}
         children[backend] = (out, subprocess.Popen(
             [sys.executable, "-c", CHILD_SCRIPT, str(tiny_run / "model.keras"),
-             str(work / "images.npy"), str(out)],
+             str(work / "images.npy"), str(out), str(channels_first_cnn)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     results = {}
     for backend, (out, child) in children.items():
@@ -108,3 +124,16 @@ def test_same_accuracy_from_evaluate_on_other_backend(other, cross_backend_resul
     assert evaluation["accuracy"] == own["accuracy"]
     assert evaluation["top5_accuracy"] == own["top5_accuracy"]
     assert evaluation["confusion_matrix"] == own["confusion_matrix"]
+
+
+@pytest.mark.parametrize("other", other_backends())
+def test_channels_first_cnn_runs_the_same_on_other_backend(other, cross_backend_results,
+                                                           channels_first_cnn):
+    import keras
+
+    images = cifar.load_cifar10(cifar.resolve_data_dir())["test"][0][:NUM_IMAGES]
+    model = keras.saving.load_model(channels_first_cnn, compile=False)
+    own = keras.ops.convert_to_numpy(model.predict(images.astype("float32"), verbose=0))
+    theirs = np.load(cross_backend_results[other] / "cnn_logits.npy")
+    assert own.std(axis=0).min() > 1e-2  # logits that differ from image to image
+    np.testing.assert_allclose(theirs, own, rtol=1e-3, atol=1e-4)

@@ -15,10 +15,17 @@ Choices that differ from a textbook CNN, and why (airbench's ablations):
 - Every conv starts as the identity on its first channels (`PartialIdentity`).
 - The logits are scaled by 1/9: a small output scale at the start trains faster with
   label smoothing.
+
+`data_format="auto"` runs the convolutions in the layout the backend computes fastest
+(kerasvit.backend_ops.fastest_data_format: channels_first on torch, whose Keras layers
+otherwise permute NHWC to NCHW and back around every convolution and pool). The model
+takes NHWC images and hands Grad-CAM an NHWC feature map in either layout, and the weights
+are the same, so a model trained in one layout loads and runs on every backend.
 """
 
 import keras
 
+from kerasvit import backend_ops
 from kerasvit.models import ModelSpec, pooled_feature_map
 from kerasvit.models.cnn_layers import PartialIdentity, PatchWhitening
 
@@ -27,16 +34,21 @@ CIFAR_MEAN = (125.31, 122.95, 113.87)
 CIFAR_VARIANCE = (62.99**2, 62.09**2, 66.70**2)
 
 
-def conv_block(x, filters, batch_norm_momentum, name):
+DATA_FORMATS = ("auto", "channels_last", "channels_first")
+
+
+def conv_block(x, filters, batch_norm_momentum, data_format, name):
     """conv -> pool -> BN -> GELU -> conv -> BN -> GELU."""
+    channel_axis = 1 if data_format == "channels_first" else -1
     for part, pool in (("a", True), ("b", False)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                                kernel_initializer=PartialIdentity(),
+                                data_format=data_format, kernel_initializer=PartialIdentity(),
                                 name=f"{name}_{part}_conv")(x)
         if pool:
-            x = keras.layers.MaxPooling2D(2, name=f"{name}_{part}_pool")(x)
-        x = keras.layers.BatchNormalization(momentum=batch_norm_momentum, epsilon=1e-12,
-                                            scale=False, name=f"{name}_{part}_bn")(x)
+            x = keras.layers.MaxPooling2D(2, data_format=data_format, name=f"{name}_{part}_pool")(x)
+        x = keras.layers.BatchNormalization(axis=channel_axis, momentum=batch_norm_momentum,
+                                            epsilon=1e-12, scale=False,
+                                            name=f"{name}_{part}_bn")(x)
         x = keras.layers.Activation("gelu", name=f"{name}_{part}_act")(x)
     return x
 
@@ -49,15 +61,26 @@ def build_cnn(
     widths=(64, 256, 256),
     batch_norm_momentum=0.6,
     logit_scale=1 / 9,
+    data_format="auto",
 ):
     """Builds the CNN. Train it through kerasvit.training.loop.fit, which adapts the
     whitening layer to the training images first."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format {data_format!r} is not one of {', '.join(DATA_FORMATS)}")
+    if data_format == "auto":
+        data_format = backend_ops.fastest_data_format()
     inputs = keras.Input(shape=tuple(image_shape), name="images")
     x = keras.layers.Normalization(mean=CIFAR_MEAN, variance=CIFAR_VARIANCE, name="normalize")(inputs)
-    x = PatchWhitening(kernel_size=whitening_kernel_size, name="whiten")(x)
+    if data_format == "channels_first":
+        x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
+    x = PatchWhitening(kernel_size=whitening_kernel_size, data_format=data_format, name="whiten")(x)
     x = keras.layers.Activation("gelu", name="whiten_act")(x)
     for index, width in enumerate(widths, start=1):
-        x = conv_block(x, width, batch_norm_momentum, name=f"block{index}")
+        x = conv_block(x, width, batch_norm_momentum, data_format, name=f"block{index}")
+    if data_format == "channels_first":
+        # Back to NHWC on the small last map: the feature map Grad-CAM weighs is NHWC in
+        # both layouts.
+        x = keras.layers.Permute((2, 3, 1), name="to_channels_last")(x)
     features = keras.layers.GlobalMaxPooling2D(name="features")(x)
     logits = keras.layers.Dense(
         num_classes, use_bias=False, dtype="float32", name="head",

@@ -27,15 +27,23 @@ class PatchWhitening(keras.layers.Layer):
 
     Before `adapt` the kernel is a plain random convolution, so the layer works untrained
     too (tiny tests, speed benchmarks).
+
+    `data_format` is the layout of the images it receives (a Keras convolution kernel is
+    (k, k, C, filters) in both, so the weights do not depend on it).
     """
 
-    def __init__(self, kernel_size=2, epsilon=5e-4, **kwargs):
+    def __init__(self, kernel_size=2, epsilon=5e-4, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
         self.kernel_size = kernel_size
         self.epsilon = epsilon
+        self.data_format = data_format
+
+    @property
+    def channels_first(self):
+        return self.data_format == "channels_first"
 
     def build(self, input_shape):
-        channels = input_shape[-1]
+        channels = input_shape[1] if self.channels_first else input_shape[-1]
         self.filters = 2 * channels * self.kernel_size**2
         self.kernel = self.add_weight(
             name="kernel", shape=(self.kernel_size, self.kernel_size, channels, self.filters),
@@ -45,25 +53,38 @@ class PatchWhitening(keras.layers.Layer):
 
     def call(self, images):
         kernel = ops.cast(self.kernel, images.dtype)
-        return ops.conv(images, kernel, padding="valid") + ops.cast(self.bias, images.dtype)
+        bias = ops.cast(self.bias, images.dtype)
+        if self.channels_first:
+            bias = ops.reshape(bias, (-1, 1, 1))
+        return ops.conv(images, kernel, padding="valid", data_format=self.data_format) + bias
 
     def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
+        if self.channels_first:
+            batch, channels, height, width = input_shape
+        else:
+            batch, height, width, channels = input_shape
         shrink = self.kernel_size - 1
-        grow = lambda size: None if size is None else size - shrink  # noqa: E731
-        return (batch, grow(height), grow(width), 2 * channels * self.kernel_size**2)
+        height, width = (None if size is None else size - shrink for size in (height, width))
+        filters = 2 * channels * self.kernel_size**2
+        if self.channels_first:
+            return (batch, filters, height, width)
+        return (batch, height, width, filters)
 
     def adapt(self, images):
-        """Sets the kernel from `images` (N, H, W, C): what this layer receives, as floats."""
-        eigenvalues, eigenvectors = patch_eigenvectors(np.asarray(images, np.float64),
-                                                       self.kernel_size)
+        """Sets the kernel from `images`: what this layer receives (N, H, W, C), or
+        (N, C, H, W) in channels_first, as floats."""
+        images = np.asarray(images, np.float64)
+        if self.channels_first:
+            images = images.transpose(0, 2, 3, 1)
+        eigenvalues, eigenvectors = patch_eigenvectors(images, self.kernel_size)
         scaled = eigenvectors / np.sqrt(eigenvalues + self.epsilon)  # (k*k*C, k*k*C) columns
         filters = np.concatenate([scaled, -scaled], axis=1)
         self.kernel.assign(filters.reshape(self.kernel.shape).astype("float32"))
 
     def get_config(self):
         config = super().get_config()
-        config.update({"kernel_size": self.kernel_size, "epsilon": self.epsilon})
+        config.update({"kernel_size": self.kernel_size, "epsilon": self.epsilon,
+                       "data_format": self.data_format})
         return config
 
 

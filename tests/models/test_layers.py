@@ -15,7 +15,10 @@ from kerasvit.models.vit_layers import (
 )
 
 LAYER_CASES = [
-    (PatchWhitening, {"kernel_size": 3, "epsilon": 1e-3}, (2, 8, 8, 3)),
+    (PatchWhitening, {"kernel_size": 3, "epsilon": 1e-3, "data_format": "channels_last"},
+     (2, 8, 8, 3)),
+    (PatchWhitening, {"kernel_size": 2, "epsilon": 1e-3, "data_format": "channels_first"},
+     (2, 3, 8, 8)),
     (PatchEmbedding, {"patch_size": 4, "hidden_dim": 8}, (2, 16, 16, 3)),
     (ConvPatchEmbedding, {"patch_size": 4, "hidden_dim": 8, "stem_widths": [4, 6]},
      (2, 16, 16, 3)),
@@ -25,11 +28,13 @@ LAYER_CASES = [
                         "attention_dropout": 0.1, "drop_path_rate": 0.2,
                         "layer_norm_epsilon": 1e-5}, (2, 5, 8)),
 ]
+CASE_IDS = ["-".join([cls.__name__] + ([kwargs["data_format"]] if "data_format" in kwargs else []))
+            for cls, kwargs, _ in LAYER_CASES]
 BASE_KEYS = set(keras.layers.Layer(name="x").get_config())
 
 
 @pytest.mark.parametrize("layer_class, kwargs, input_shape", LAYER_CASES,
-                         ids=[case[0].__name__ for case in LAYER_CASES])
+                         ids=CASE_IDS)
 def test_get_config_returns_exactly_the_init_arguments(layer_class, kwargs, input_shape):
     layer = layer_class(**kwargs)
     config = layer.get_config()
@@ -40,7 +45,7 @@ def test_get_config_returns_exactly_the_init_arguments(layer_class, kwargs, inpu
 
 
 @pytest.mark.parametrize("layer_class, kwargs, input_shape", LAYER_CASES,
-                         ids=[case[0].__name__ for case in LAYER_CASES])
+                         ids=CASE_IDS)
 def test_keras_file_round_trip_gives_the_same_outputs(tmp_path, layer_class, kwargs, input_shape):
     inputs = keras.Input(shape=input_shape[1:])
     model = keras.Model(inputs, layer_class(**kwargs)(inputs))

@@ -9,7 +9,7 @@ import pytest
 from kerasvit.config import TrainConfig, load_config_file
 from kerasvit.data import stream
 from kerasvit.evaluation import tta
-from kerasvit.models.cnn import build_cnn
+from kerasvit.models.cnn import SPEC, build_cnn
 from kerasvit.models.cnn_layers import (
     PartialIdentity,
     PatchWhitening,
@@ -67,6 +67,34 @@ def test_whitening_is_set_from_training_images_chosen_by_the_seed(cifar_batch):
     model = build_cnn(widths=(8, 8, 8))
     loop.initialize_from_data(model, images, seed=0)  # what every fresh run does first
     assert not np.allclose(to_numpy(model.get_layer("whiten").kernel), untouched)
+
+
+def test_both_layouts_compute_the_same_network(cifar_batch):
+    """channels_first (torch's "auto") and channels_last: the same whitening kernel from
+    the same images, the same weights in the same order, the same logits, and an NHWC
+    feature map for Grad-CAM in both."""
+    images = cifar_batch[0][:32]
+    last = build_cnn(widths=(8, 8, 8), data_format="channels_last")
+    first = build_cnn(widths=(8, 8, 8), data_format="channels_first")
+    for model in (last, first):
+        adapt_whitening_layers(model, images, seed=0, num_images=50)
+    np.testing.assert_allclose(to_numpy(first.get_layer("whiten").kernel),
+                               to_numpy(last.get_layer("whiten").kernel), atol=1e-5)
+    assert [w.shape for w in first.weights] == [w.shape for w in last.weights]
+    first.set_weights(last.get_weights())
+    np.testing.assert_allclose(to_numpy(first(images)), to_numpy(last(images)), atol=1e-4)
+    feature_layer = SPEC.gradcam_layer(first)
+    assert feature_layer == "to_channels_last"
+    assert tuple(first.get_layer(feature_layer).output.shape) == (None, 3, 3, 8)
+
+
+def test_auto_layout_is_the_backends_fastest():
+    model = build_cnn(widths=(8, 8, 8))
+    expected = "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    assert model.get_layer("whiten").data_format == expected
+    assert model.get_layer("block1_a_conv").data_format == expected
+    with pytest.raises(ValueError, match="data_format 'nchw' is not one of auto"):
+        build_cnn(data_format="nchw")
 
 
 def test_partial_identity_starts_the_first_channels_as_the_identity():
