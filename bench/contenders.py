@@ -40,6 +40,15 @@ def keras_contenders(model):
         out.append(contender(f"keras-torch-{precision}-compile", "keras", "torch",
                              f"keras-torch-compile-{precision}", precision, jit=True, compile=True,
                              default=not big))
+    if model == "cnn":
+        # The layout each backend does not pick (kerasvit.backend_ops.fastest_data_format):
+        # torch in channels_last, as kerasvit trained it before; JAX in channels_first.
+        for precision in ("fp32", "bf16"):
+            out.append(contender(f"keras-torch-{precision}-channels-last", "keras", "torch",
+                                 "keras-torch", precision, jit=False, default=False,
+                                 data_format="channels_last"))
+        out.append(contender("keras-jax-fp32-channels-first", "keras", "jax", "keras-jax", "fp32",
+                             jit=True, default=False, data_format="channels_first"))
     return out
 
 
@@ -81,13 +90,6 @@ def native_contenders(model):
 def preview_contenders(model):
     """kerasvit with one suggested change, to measure it before anyone applies it."""
     out = []
-    if model == "cnn":
-        # Keras on torch transposes NHWC->NCHW (and pads) around every conv; a channels_first
-        # model (same layers, input permuted once) skips that.
-        for precision in ("fp32", "bf16"):
-            out.append(contender(f"preview-keras-torch-{precision}-channels-first", "preview",
-                                 "torch", "preview-torch", precision, jit=False,
-                                 change="channels_first"))
     if model == "vit":
         # kerasvit's TransformerBlock always asks MultiHeadAttention for the scores, which
         # rules out ops.dot_product_attention (torch SDPA, jax/XLA fused attention).

@@ -11,10 +11,8 @@ import time
 
 import keras
 import numpy as np
-from keras import ops
 
 from kerasvit.config import config_from_dict
-from kerasvit.models.cnn_layers import PartialIdentity, PatchWhitening
 from kerasvit.training import precision, recipe
 
 
@@ -44,68 +42,6 @@ def count_params(model):
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
     return trainable, frozen
-
-
-class ChannelsFirstPatchWhitening(PatchWhitening):
-    """kerasvit's PatchWhitening on NCHW inputs: the same (k, k, C, 2Ck^2) non-trainable
-    kernel and trainable bias (Keras kernels do not depend on the data format), applied by
-    `ops.conv(data_format="channels_first")`. `adapt` takes NCHW images too."""
-
-    def build(self, input_shape):
-        batch, channels, height, width = input_shape
-        super().build((batch, height, width, channels))
-
-    def call(self, images):
-        kernel = ops.cast(self.kernel, images.dtype)
-        bias = ops.reshape(ops.cast(self.bias, images.dtype), (1, -1, 1, 1))
-        return ops.conv(images, kernel, padding="valid", data_format="channels_first") + bias
-
-    def compute_output_shape(self, input_shape):
-        batch, channels, height, width = input_shape
-        _, out_height, out_width, filters = super().compute_output_shape(
-            (batch, height, width, channels))
-        return (batch, filters, out_height, out_width)
-
-    def adapt(self, images):
-        super().adapt(np.transpose(np.asarray(images), (0, 2, 3, 1)))
-
-
-def build_cnn_channels_first(*, image_shape=(32, 32, 3), num_classes=10, whitening_kernel_size=2,
-                             widths=(64, 256, 256), batch_norm_momentum=0.6, logit_scale=1 / 9):
-    """kerasvit's build_cnn, layer for layer (same names, weights and weight order), in
-    channels_first: the NHWC input is permuted once, then the whitening, every conv, pool
-    and BN work on NCHW (torch's native layout)."""
-    from kerasvit.models.cnn import CIFAR_MEAN, CIFAR_VARIANCE
-
-    fmt = "channels_first"
-
-    def block(x, filters, name):
-        for part, pool in (("a", True), ("b", False)):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, data_format=fmt,
-                                    kernel_initializer=PartialIdentity(),
-                                    name=f"{name}_{part}_conv")(x)
-            if pool:
-                x = keras.layers.MaxPooling2D(2, data_format=fmt, name=f"{name}_{part}_pool")(x)
-            x = keras.layers.BatchNormalization(axis=1, momentum=batch_norm_momentum,
-                                                epsilon=1e-12, scale=False,
-                                                name=f"{name}_{part}_bn")(x)
-            x = keras.layers.Activation("gelu", name=f"{name}_{part}_act")(x)
-        return x
-
-    inputs = keras.Input(shape=tuple(image_shape), name="images")
-    x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(inputs)
-    x = keras.layers.Normalization(axis=1, mean=CIFAR_MEAN, variance=CIFAR_VARIANCE,
-                                   name="normalize")(x)
-    x = ChannelsFirstPatchWhitening(kernel_size=whitening_kernel_size, name="whiten")(x)
-    x = keras.layers.Activation("gelu", name="whiten_act")(x)
-    for index, width in enumerate(widths, start=1):
-        x = block(x, width, f"block{index}")
-    features = keras.layers.GlobalMaxPooling2D(data_format=fmt, name="features")(x)
-    logits = keras.layers.Dense(
-        num_classes, use_bias=False, dtype="float32", name="head",
-        kernel_initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"))(features)
-    outputs = keras.layers.Rescaling(logit_scale, dtype="float32", name="logit_scale")(logits)
-    return keras.Model(inputs, outputs, name="cnn_channels_first")
 
 
 def build_vit_fused_attention(**model_args):
@@ -159,9 +95,9 @@ def build_model(spec, contender):
     if model_name == "vit_b16":
         return build_vit_b16(spec["arch"])
     args = dict(spec["config"]["model_args"])
+    if contender.get("data_format"):
+        args["data_format"] = contender["data_format"]
     change = contender.get("change")
-    if change == "channels_first":
-        return build_cnn_channels_first(**args)
     if change == "fused_attention":
         return build_vit_fused_attention(**args)
     return models.build_model(model_name, **args)

@@ -1,7 +1,8 @@
 """A model trained under this process's backend, loaded and evaluated under the other two
 (in subprocesses with another KERAS_BACKEND): same predictions (max abs difference of
-probabilities <= 1e-4) and the same test accuracy. Also a cnn saved in channels_first (the
-layout torch computes it in), which the other backends must load and run the same.
+probabilities <= 1e-4) and the same test accuracy. Also a cnn computing in channels_first
+(as it does on torch), saved by kerasvit: the other backends load and run it the same, TF
+without oneDNN too (as on CPUs without AVX-512, whose TF convolutions have no NCHW kernels).
 
 The subprocess loads the file with a plain `keras.saving.load_model` after `import kerasvit`,
 as a user's script would: that checks the custom-layer registration and Keras' safe mode.
@@ -23,7 +24,7 @@ from kerasvit.data import cifar
 from kerasvit.evaluation import classification
 from kerasvit.models.cnn import build_cnn
 from kerasvit.models.cnn_layers import adapt_whitening_layers
-from kerasvit.runs import loading
+from kerasvit.runs import folders, loading
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_IMAGES = 500
@@ -60,12 +61,13 @@ def other_backends():
 
 @pytest.fixture(scope="session")
 def channels_first_cnn(cifar_splits, tmp_path_factory):
-    """A tiny cnn in channels_first, its whitening set from real images, saved as .keras."""
+    """A tiny cnn in channels_first, its whitening set from real images, saved as a run's
+    model.keras is."""
     images = cifar_splits["train"][0].astype("float32")
     model = build_cnn(widths=(8, 16, 16), data_format="channels_first")
     adapt_whitening_layers(model, images, seed=0, num_images=100)
     path = tmp_path_factory.mktemp("cnn_channels_first") / "model.keras"
-    model.save(path)
+    folders.save_model(model, path)
     return path
 
 
@@ -80,7 +82,8 @@ def cross_backend_results(tiny_run, channels_first_cnn, tmp_path_factory):
     for backend in other_backends():
         out = work / backend
         out.mkdir()
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO_ROOT),
+               "TF_ENABLE_ONEDNN_OPTS": "0"}  # TF's own CPU kernels: NHWC only
         children[backend] = (out, subprocess.Popen(
             [sys.executable, "-c", CHILD_SCRIPT, str(tiny_run / "model.keras"),
              str(work / "images.npy"), str(out), str(channels_first_cnn)],

@@ -171,6 +171,7 @@ def run(config, backend, args):
     if config.test_images:
         splits["test"] = tuple(array[:config.test_images] for array in splits["test"])
     from kerasvit import models
+    from kerasvit.models import layouts
 
     check_model_args(config, models.get_spec(config.model).builder)
     import keras
@@ -188,6 +189,9 @@ def run(config, backend, args):
     chosen_jit = recipe.jit_compile_choice(config.jit_compile, backend)
     print(f"jit_compile {chosen_jit['value']} ({chosen_jit['reason']})")
     model = models.build_model(config.model, **config.model_args)
+    chosen_layout = layouts.layout_choice(model, config.model_args.get("data_format", "auto"))
+    if chosen_layout:
+        print(f"image layout {chosen_layout['value']} ({chosen_layout['reason']})")
     plan = resumed_at = None
     if args.resume:  # a resumed run keeps its epochs
         run_dir = Path(args.resume)
@@ -196,7 +200,8 @@ def run(config, backend, args):
         if config.time_budget_minutes:
             plan = training_run.plan_for_budget(config, splits, backend, PROCESS_START)
         run_dir = training_run.create_run_dir(config, backend, args.run_dir, args.hosts,
-                                              distributed, chosen_precision, chosen_jit)
+                                              distributed, chosen_precision, chosen_jit,
+                                              chosen_layout)
     if plan:
         folders.write_json(run_dir / "budget.json", plan)
     print(f"run folder: {run_dir}  (model {config.model}, backend {backend}, "

@@ -18,15 +18,15 @@ Choices that differ from a textbook CNN, and why (airbench's ablations):
 
 `data_format="auto"` runs the convolutions in the layout the backend computes fastest
 (kerasvit.backend_ops.fastest_data_format: channels_first on torch, whose Keras layers
-otherwise permute NHWC to NCHW and back around every convolution and pool). The model
-takes NHWC images and hands Grad-CAM an NHWC feature map in either layout, and the weights
-are the same, so a model trained in one layout loads and runs on every backend.
+otherwise permute NHWC to NCHW and back around every convolution and pool). In either
+layout the model takes NHWC images, hands Grad-CAM an NHWC feature map (`layout_out`) and
+has the same weights; kerasvit.models.layouts switches between the two.
 """
 
 import keras
 
 from kerasvit import backend_ops
-from kerasvit.models import ModelSpec, pooled_feature_map
+from kerasvit.models import ModelSpec, layouts, pooled_feature_map
 from kerasvit.models.cnn_layers import PartialIdentity, PatchWhitening
 
 # Per-channel statistics of the CIFAR-10 training images, in [0, 255].
@@ -71,16 +71,12 @@ def build_cnn(
         data_format = backend_ops.fastest_data_format()
     inputs = keras.Input(shape=tuple(image_shape), name="images")
     x = keras.layers.Normalization(mean=CIFAR_MEAN, variance=CIFAR_VARIANCE, name="normalize")(inputs)
-    if data_format == "channels_first":
-        x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
+    x = layouts.layout_layer(data_format, "in")(x)
     x = PatchWhitening(kernel_size=whitening_kernel_size, data_format=data_format, name="whiten")(x)
     x = keras.layers.Activation("gelu", name="whiten_act")(x)
     for index, width in enumerate(widths, start=1):
         x = conv_block(x, width, batch_norm_momentum, data_format, name=f"block{index}")
-    if data_format == "channels_first":
-        # Back to NHWC on the small last map: the feature map Grad-CAM weighs is NHWC in
-        # both layouts.
-        x = keras.layers.Permute((2, 3, 1), name="to_channels_last")(x)
+    x = layouts.layout_layer(data_format, "out")(x)  # NHWC again, on the small last map
     features = keras.layers.GlobalMaxPooling2D(name="features")(x)
     logits = keras.layers.Dense(
         num_classes, use_bias=False, dtype="float32", name="head",

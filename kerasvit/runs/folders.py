@@ -184,7 +184,11 @@ def read_json(path):
 
 
 def save_model(model, path, name=None):
-    """Saves a `.keras` file atomically (written beside it, then renamed into place)."""
+    """Saves a `.keras` file atomically (written beside it, then renamed into place), in
+    channels_last, the layout every backend's CPU convolutions run (kerasvit.models.layouts)."""
+    from kerasvit.models import layouts
+
+    model = layouts.to_data_format(model, "channels_last")
     path = Path(path)
     # Keras insists on the .keras suffix for the file it writes.
     temporary = path.with_name(f".{path.stem}.partial.keras")

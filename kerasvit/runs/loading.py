@@ -135,7 +135,8 @@ def check_model_file(path, unsafe_load=False):
 
 def load_model(path, unsafe_load=False):
     """Loads a `.keras` file (or a run folder's model.keras) for inference on this backend,
-    in Keras safe mode unless `unsafe_load`."""
+    in Keras safe mode unless `unsafe_load`; a convolutional model computes in the
+    backend's fastest image layout (kerasvit.models.layouts)."""
     model_path, _, archive_config = check_model_file(path, unsafe_load)
     import keras
 
@@ -158,8 +159,10 @@ def load_model(path, unsafe_load=False):
             raise UnsafeModelError(f"{model_path} holds Python code that Keras' safe mode "
                                    f"refuses; {UNSAFE_LOAD_HINT}") from None
         raise LoadError(f"cannot load {model_path}: {message[:200]}") from None
-    from kerasvit.models import preset_graph
+    from kerasvit import backend_ops
+    from kerasvit.models import layouts, preset_graph
 
+    model = layouts.to_data_format(model, backend_ops.fastest_data_format())
     return preset_graph.upgrade(model)
 
 

@@ -33,16 +33,18 @@ def plan_for_budget(config, splits, backend, process_start):
 
 
 def create_run_dir(config, backend, run_dir, hosts, distributed, chosen_precision,
-                   chosen_jit):
+                   chosen_jit, chosen_layout=None):
     """A new run folder (`run_dir`, or runs/<model>-<backend>-<time>) with config.json and
-    env.json (with the --mixed-precision and --jit-compile picks and why)."""
+    env.json (with the --mixed-precision, --jit-compile and image-layout picks and why)."""
     default = distribution.default_run_dir(config.model, backend, hosts, folders.RUNS_ROOT)
     run_dir = folders.new_run_dir(config.model, backend, run_dir or default)
     folders.write_json(run_dir / "config.json", config.to_dict())
     folders.write_json(run_dir / "env.json", {**environment.collect_env(backend),
                                               "distribution": distributed,
                                               "mixed_precision": chosen_precision,
-                                              "jit_compile": chosen_jit})
+                                              "jit_compile": chosen_jit,
+                                              **({"data_format": chosen_layout}
+                                                 if chosen_layout else {})})
     return run_dir
 
 

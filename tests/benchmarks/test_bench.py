@@ -174,21 +174,6 @@ def test_previews_keep_the_parameter_counts(backend):
     from bench import keras_side
     from kerasvit import models
 
-    cnn_args = dict(widths=(8, 16))
-    channels_first = keras_side.build_cnn_channels_first(**cnn_args)
-    cnn = models.build_model("cnn", **cnn_args)
-    assert keras_counts(channels_first) == keras_counts(cnn)
-    if backend in ("torch", "jax"):  # TF's CPU convolutions have no NCHW kernels
-        # Same weights in the same order: the same function of the NHWC images.
-        rng = np.random.default_rng(0)
-        weights = [rng.normal(size=w.shape).astype("float32") * 0.5 for w in cnn.weights]
-        weights = [np.abs(w) + 0.5 if "moving_variance" in v.path else w
-                   for w, v in zip(weights, cnn.weights)]
-        cnn.set_weights(weights)
-        channels_first.set_weights(weights)
-        images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-        np.testing.assert_allclose(channels_first.predict_on_batch(images),
-                                   cnn.predict_on_batch(images), rtol=1e-4, atol=1e-4)
     vit_args = dict(num_layers=2, hidden_dim=32, mlp_dim=64, num_heads=2)
     fused = keras_side.build_vit_fused_attention(**vit_args)
     assert keras_counts(fused) == keras_counts(models.build_model("vit", **vit_args))

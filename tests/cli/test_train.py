@@ -40,6 +40,9 @@ def test_run_folder_has_every_file(tiny_cnn_run, backend):
     assert env["jit_compile"] == {"setting": "auto", "value": backend == "jax",
                                   "reason": env["jit_compile"]["reason"]}
     assert env["jit_compile"]["reason"].startswith(f"auto: {backend} on the CPU")
+    layout = "channels_first" if backend == "torch" else "channels_last"
+    assert env["data_format"]["value"] == layout and env["data_format"]["setting"] == "auto"
+    assert f"image layout {layout}" in first.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_images"] == 100 and "resumed_after_epochs" not in metrics
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0

@@ -176,7 +176,7 @@ def test_gradcam_has_the_feature_map_shape_and_is_not_negative(loaded, images):
 
     model = loaded["cnn"]  # loaded from .keras: the layer is found from the saved graph
     layer = get_spec("cnn").gradcam_layer(model)
-    assert layer == "block3_b_act"
+    assert layer == "layout_out"  # the last feature map, NHWC in either layout
     heat = grad_cam(model, images, [0, 1, 2], layer)
     assert heat.shape == (3, *model.get_layer(layer).output.shape[1:3])
     assert heat.shape == (3, 3, 3)  # 32 -> 31 (2x2 whitening) -> 15 -> 7 -> 3

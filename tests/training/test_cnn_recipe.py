@@ -84,7 +84,7 @@ def test_both_layouts_compute_the_same_network(cifar_batch):
     first.set_weights(last.get_weights())
     np.testing.assert_allclose(to_numpy(first(images)), to_numpy(last(images)), atol=1e-4)
     feature_layer = SPEC.gradcam_layer(first)
-    assert feature_layer == "to_channels_last"
+    assert feature_layer == "layout_out"
     assert tuple(first.get_layer(feature_layer).output.shape) == (None, 3, 3, 8)
 
 
