@@ -99,7 +99,10 @@ def evaluate_test(model, config, splits, callbacks=()):
 
 def best_validation_accuracy(history_path):
     import csv
+    from pathlib import Path
 
+    if not Path(history_path).is_file():  # deleted by hand: the run's metrics still get saved
+        return None
     with open(history_path) as f:
         values = [float(row["val_accuracy"]) for row in csv.DictReader(f)
                   if row.get("val_accuracy") not in (None, "")]

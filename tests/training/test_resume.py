@@ -274,3 +274,15 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+
+
+def test_best_validation_accuracy_reads_the_history_and_survives_its_loss(tmp_path):
+    """A resumed run whose history.csv was deleted still saves its metrics (no best
+    validation accuracy then) instead of failing after its training."""
+    from kerasvit.training import loop
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,val_accuracy\n0,0.25\n1,0.5\n2,0.375\n")
+    assert loop.best_validation_accuracy(history) == 0.5
+    history.unlink()
+    assert loop.best_validation_accuracy(history) is None
