@@ -61,6 +61,8 @@ def wall_minutes(metrics):
     seconds, resumed = metrics.get("wall_time_s"), metrics.get("resumed_after_epochs")
     if seconds is None:
         return "-"
+    if resumed and resumed >= metrics["epochs"]:  # resumed to test only
+        return f"{seconds / 60:.0f} (test only)"
     since = f" (epochs {resumed + 1}-{metrics['epochs']})" if resumed else ""
     return f"{seconds / 60:.0f}{since}"
 
