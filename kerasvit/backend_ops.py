@@ -85,8 +85,9 @@ def torch_devices():
     return [f"{kind}:0"]
 
 
-# Measured with bench/throughput.py (`preview-keras-torch-*-channels-first` against
-# `keras-torch-*`, the cnn at batch 2,000, bf16, 2-core CPU): Keras on torch permutes NHWC
+# Measured with bench/throughput.py (`keras-torch-*` against `keras-torch-*-channels-last`,
+# then named preview-keras-torch-*-channels-first and keras-torch-*; the cnn at batch 2,000,
+# bf16, 2-core CPU; results/bench/cnn-layout-torch.md): Keras on torch permutes NHWC
 # to NCHW and back around every convolution and pool, a third of the cnn's step; in
 # channels_first it trained 1.47x and evaluated 1.9x faster. TensorFlow's CPU kernels and
 # XLA take NHWC (TF pools channels_first by transposing).

@@ -39,15 +39,15 @@ DATA_FORMATS = ("auto", "channels_last", "channels_first")
 
 def conv_block(x, filters, batch_norm_momentum, data_format, name):
     """conv -> pool -> BN -> GELU -> conv -> BN -> GELU."""
-    channel_axis = 1 if data_format == "channels_first" else -1
     for part, pool in (("a", True), ("b", False)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                 data_format=data_format, kernel_initializer=PartialIdentity(),
                                 name=f"{name}_{part}_conv")(x)
         if pool:
             x = keras.layers.MaxPooling2D(2, data_format=data_format, name=f"{name}_{part}_pool")(x)
-        x = keras.layers.BatchNormalization(axis=channel_axis, momentum=batch_norm_momentum,
-                                            epsilon=1e-12, scale=False,
+        x = keras.layers.BatchNormalization(axis=layouts.channel_axis(data_format),
+                                            momentum=batch_norm_momentum, epsilon=1e-12,
+                                            scale=False,
                                             name=f"{name}_{part}_bn")(x)
         x = keras.layers.Activation("gelu", name=f"{name}_{part}_act")(x)
     return x
@@ -71,12 +71,12 @@ def build_cnn(
         data_format = backend_ops.fastest_data_format()
     inputs = keras.Input(shape=tuple(image_shape), name="images")
     x = keras.layers.Normalization(mean=CIFAR_MEAN, variance=CIFAR_VARIANCE, name="normalize")(inputs)
-    x = layouts.layout_layer(data_format, "in")(x)
+    x = layouts.layout_layer(data_format, layouts.LAYOUT_IN)(x)
     x = PatchWhitening(kernel_size=whitening_kernel_size, data_format=data_format, name="whiten")(x)
     x = keras.layers.Activation("gelu", name="whiten_act")(x)
     for index, width in enumerate(widths, start=1):
         x = conv_block(x, width, batch_norm_momentum, data_format, name=f"block{index}")
-    x = layouts.layout_layer(data_format, "out")(x)  # NHWC again, on the small last map
+    x = layouts.layout_layer(data_format, layouts.LAYOUT_OUT)(x)  # NHWC again, on the small last map
     features = keras.layers.GlobalMaxPooling2D(name="features")(x)
     logits = keras.layers.Dense(
         num_classes, use_bias=False, dtype="float32", name="head",

@@ -20,13 +20,16 @@ LAYOUT_IN, LAYOUT_OUT = "layout_in", "layout_out"
 TO_CHANNELS_FIRST, TO_CHANNELS_LAST = (3, 1, 2), (2, 3, 1)
 
 
-def layout_layer(data_format, direction):
-    """The `layout_in` ("in") or `layout_out` ("out") layer of a model in `data_format`."""
-    name = LAYOUT_IN if direction == "in" else LAYOUT_OUT
+def layout_layer(data_format, name):
+    """The layer named `name` (LAYOUT_IN or LAYOUT_OUT) of a model in `data_format`."""
     if data_format == "channels_first":
-        return keras.layers.Permute(TO_CHANNELS_FIRST if direction == "in" else TO_CHANNELS_LAST,
+        return keras.layers.Permute(TO_CHANNELS_FIRST if name == LAYOUT_IN else TO_CHANNELS_LAST,
                                     name=name)
     return keras.layers.Identity(name=name)
+
+
+def channel_axis(data_format):
+    return 1 if data_format == "channels_first" else -1
 
 
 def has_layouts(model):
@@ -66,14 +69,13 @@ def to_data_format(model, data_format):
 
     def clone(layer):
         if layer.name in (LAYOUT_IN, LAYOUT_OUT):
-            direction = "in" if layer.name == LAYOUT_IN else "out"
-            return layout_layer(data_format, direction)
+            return layout_layer(data_format, layer.name)
         config = layer.get_config()
         if layer.name in inside:
             if "data_format" in config:
                 config["data_format"] = data_format
             if isinstance(layer, keras.layers.BatchNormalization):
-                config["axis"] = 1 if data_format == "channels_first" else -1
+                config["axis"] = channel_axis(data_format)
         return layer.__class__.from_config(config)
 
     switched = keras.models.clone_model(model, clone_function=clone)
