@@ -24,10 +24,12 @@ PRECISION_CHOICES = ("auto", "on", "off")  # see kerasvit.training.precision.res
 TTA_METHODS = ("flip", "flip_translate")
 BOOLEAN_PRECISION = {"true": "on", "false": "off", "1": "on", "0": "off", "yes": "on", "no": "off"}
 JIT_CHOICES = ("auto", "on", "off")
+WHITENING_BIAS_SCHEDULES = ("stop", "fade")
 DISTRIBUTE_CHOICES = ("none", "data_parallel")  # see kerasvit.distribution
 CHOICES = {"augmentation": AUGMENTATIONS, "jit_compile": JIT_CHOICES,
            "distribute": DISTRIBUTE_CHOICES, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-           "mixed_precision": PRECISION_CHOICES, "tta_method": TTA_METHODS}
+           "mixed_precision": PRECISION_CHOICES, "tta_method": TTA_METHODS,
+           "whitening_bias_schedule": WHITENING_BIAS_SCHEDULES}
 
 
 class ConfigError(UserError, ValueError):
@@ -56,6 +58,10 @@ class TrainConfig:
     muon_momentum: float = 0.6
     # Epochs during which a patch-whitening layer's bias trains (0: it trains all along).
     whitening_bias_epochs: float = 0.0
+    # nesterov_sgd: how that bias trains. "stop": at the base rate, on the schedule, until
+    # it stops (airbench94). "fade": at the BN offsets' rate (bias_lr_scale), falling
+    # linearly to zero over whitening_bias_epochs (airbench94_muon).
+    whitening_bias_schedule: str = "stop"
     # "warmup_cosine": linear warmup, then cosine to zero. "triangular": linear from 0.2x
     # to the peak during the warmup, then linear down to 0.07x (airbench94). "linear_decay":
     # from the peak straight down to zero (airbench94_muon).
@@ -287,6 +293,9 @@ def validate(config):
         value = getattr(config, name)
         if not math.isfinite(value) or value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value}")
+    if config.whitening_bias_schedule == "fade" and not config.whitening_bias_epochs:
+        raise ConfigError("whitening_bias_schedule 'fade' needs whitening_bias_epochs > 0 "
+                          "(the epochs over which the whitening bias fades to zero)")
     return config
 
 

@@ -45,6 +45,8 @@ def test_bad_overrides_are_refused_with_the_reason(assignment, fragment):
     ("optimizer", "adam", "optimizer must be one of adamw, nesterov_sgd"),
     ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
     ("lookahead_every", -1, "lookahead_every must be >= 0"),
+    ("whitening_bias_schedule", "decay", "whitening_bias_schedule must be one of stop, fade"),
+    ("whitening_bias_schedule", "fade", "'fade' needs whitening_bias_epochs > 0"),
     ("model", "resnet", "unknown model"),
 ])
 def test_out_of_range_values_are_refused(key, value, fragment):

@@ -57,10 +57,13 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         buf = momentum * buf + d
         w  -= lr * lr_scale(w) * (d + momentum * buf)       (nesterov)
 
-    `lr_scale(w)` is `scaled_learning_rate` for variables named in `scaled_variable_names`
-    (airbench: BatchNorm offsets at 64x), else 1; dividing their decay by it keeps their
-    per-step shrinkage the same. A variable whose path is in `frozen_after_steps` stops
-    changing after that many steps. Every `lookahead_every` steps (and at `total_steps`):
+    `lr_scale(w)` is `scaled_learning_rate` for variables whose name or path is in
+    `scaled_variable_names` (airbench: BatchNorm offsets at 64x), else 1; dividing their decay
+    by it keeps their per-step shrinkage the same. A variable whose path is in
+    `frozen_after_steps` stops changing after that many steps. One whose path is in
+    `fading_after_steps` leaves the schedule: its rate is the schedule's rate at step 0
+    (times its lr_scale), falling linearly to zero at that many steps (airbench94_muon's
+    whitening bias), so its decay fades with it. Every `lookahead_every` steps (and at `total_steps`):
         slow = a * slow + (1 - a) * w;  w = slow      a = lookahead_decay(step, total_steps)
     with `lookahead_every=0` there is no lookahead.
 
@@ -73,7 +76,8 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.85, weight_decay=0.0,
                  scaled_variable_names=(), scaled_learning_rate=1.0, frozen_after_steps=None,
-                 lookahead_every=0, total_steps=1, muon_variable_paths=(),
+                 fading_after_steps=None, lookahead_every=0, total_steps=1,
+                 muon_variable_paths=(),
                  muon_learning_rate_scale=1.0, muon_momentum=0.6,
                  name="lookahead_nesterov_sgd", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
@@ -83,6 +87,7 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         self.scaled_variable_names = list(scaled_variable_names)
         self.scaled_learning_rate = scaled_learning_rate
         self.frozen_after_steps = dict(frozen_after_steps or {})
+        self.fading_after_steps = dict(fading_after_steps or {})
         self.lookahead_every = lookahead_every
         self.total_steps = total_steps
         self.muon_variable_paths = list(muon_variable_paths)
@@ -100,10 +105,11 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             # The slow copy starts as the weights before the first step (a copy: on JAX a
             # buffer shared with the weights would be donated twice).
             slow.assign(ops.copy(variable))
+        scaled = set(self.scaled_variable_names)
         self.learning_rate_scales = [
-            self.scaled_learning_rate if v.name in self.scaled_variable_names else 1.0
-            for v in variables]
+            self.scaled_learning_rate if scaled & {v.name, v.path} else 1.0 for v in variables]
         self.train_steps = [self.frozen_after_steps.get(v.path) for v in variables]
+        self.fading_steps = [self.fading_after_steps.get(v.path) for v in variables]
         self.takes_muon_steps = [v.path in self.muon_variable_paths for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
@@ -111,6 +117,9 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         scale = self.learning_rate_scales[index]
         step = self.iterations  # 0-based: the count of steps already applied
         dtype = variable.dtype
+        if self.fading_steps[index] is not None:
+            remaining = 1 - ops.cast(step, "float32") / self.fading_steps[index]
+            learning_rate = self.rate_at_first_step() * ops.maximum(remaining, 0.0)
         learning_rate = ops.cast(learning_rate, dtype) * scale
         if self.train_steps[index] is not None:
             learning_rate = learning_rate * ops.cast(ops.less(step, self.train_steps[index]), dtype)
@@ -124,6 +133,12 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             self.assign_sub(variable, learning_rate * (direction + self.momentum * momentum))
         if self.lookahead_every:
             self.lookahead(index, variable, step)
+
+    def rate_at_first_step(self):
+        rate = self._learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            return ops.cast(rate(0), "float32")
+        return ops.cast(rate, "float32")
 
     def muon_step(self, gradient, variable, momentum, learning_rate):
         self.assign(momentum, self.muon_momentum * momentum + gradient)
@@ -157,6 +172,7 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             "scaled_variable_names": self.scaled_variable_names,
             "scaled_learning_rate": self.scaled_learning_rate,
             "frozen_after_steps": self.frozen_after_steps,
+            "fading_after_steps": self.fading_after_steps,
             "lookahead_every": self.lookahead_every,
             "total_steps": self.total_steps,
             "muon_variable_paths": self.muon_variable_paths,

@@ -86,18 +86,20 @@ def make_optimizer(model, config, steps_per_epoch):
 
     step_size, decay = optimizers.airbench_hyperparameters(
         config.learning_rate, config.weight_decay, config.momentum, config.batch_size)
-    frozen = {}
-    if config.whitening_bias_epochs:
-        bias_steps = math.ceil(config.whitening_bias_epochs * steps_per_epoch)
-        frozen = {layer.bias.path: bias_steps for layer in model.layers
-                  if isinstance(layer, PatchWhitening)}
+    bias_steps = {layer.bias.path: math.ceil(config.whitening_bias_epochs * steps_per_epoch)
+                  for layer in model.layers
+                  if isinstance(layer, PatchWhitening) and config.whitening_bias_epochs}
+    # airbench94 stops the whitening bias; airbench94_muon trains it with the BN offsets,
+    # its rate falling to zero.
+    fade = config.whitening_bias_schedule == "fade"
     return optimizers.LookaheadNesterovSGD(
         learning_rate=learning_rate_schedule(config, steps_per_epoch, peak=step_size),
         momentum=config.momentum,
         weight_decay=decay,
-        scaled_variable_names=["beta"],  # BatchNorm offsets
+        scaled_variable_names=["beta", *(bias_steps if fade else ())],  # BatchNorm offsets
         scaled_learning_rate=config.bias_lr_scale,
-        frozen_after_steps=frozen,
+        frozen_after_steps={} if fade else bias_steps,
+        fading_after_steps=bias_steps if fade else {},
         lookahead_every=config.lookahead_every,
         total_steps=max(config.epochs * steps_per_epoch, 1),
         muon_variable_paths=[v.path for v in model.trainable_variables

@@ -121,14 +121,15 @@ def test_airbench_hyperparameters_match_a_hand_computation():
 
 
 def reference_sgd(weights, gradients, lr, momentum, decay, scale, train_steps=None):
-    """torch.optim.SGD(nesterov=True) with weight_decay = decay / scale, lr = lr * scale."""
+    """torch.optim.SGD(nesterov=True) with weight_decay = decay / scale, lr = lr * scale;
+    `lr` is a number or a function of the step."""
     w, buf = weights.copy(), np.zeros_like(weights)
     for step, g in enumerate(gradients):
         if train_steps is not None and step >= train_steps:
             continue
         d = g + decay / scale * w
         buf = momentum * buf + d
-        w = w - lr * scale * (d + momentum * buf)
+        w = w - (lr(step) if callable(lr) else lr) * scale * (d + momentum * buf)
     return w
 
 
@@ -157,6 +158,49 @@ def test_optimizer_per_variable_rates_decay_and_freezing_match_torch_sgd():
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(bias, reference_sgd(initial["bias"], grads[2], 0.1, 0.85, 0.01, 1.0,
                                                    train_steps=3), rtol=1e-5, atol=1e-6)
+
+
+def test_a_fading_variable_leaves_the_schedule_and_falls_linearly_to_zero():
+    """airbench94_muon's whitening bias: the offsets' rate, from the schedule's first rate
+    down to zero at its step (4 here), its decay fading with it; the rest on the schedule."""
+    rng = np.random.default_rng(5)
+    initial = {"kernel": rng.normal(size=(3, 2)).astype("float32"),
+               "bias": rng.normal(size=(2,)).astype("float32")}
+    steps = [[rng.normal(size=v.shape).astype("float32") for v in initial.values()]
+             for _ in range(6)]
+    schedule = optimizers.TriangularSchedule(0.1, total_steps=6, warmup_steps=0,
+                                             start_factor=1.0, end_factor=0.0)
+    optimizer = optimizers.LookaheadNesterovSGD(
+        learning_rate=schedule, momentum=0.85, weight_decay=0.01,
+        scaled_variable_names=["whiten/bias"], scaled_learning_rate=4.0,
+        fading_after_steps={"whiten/bias": 4})
+    with keras.name_scope("whiten"):  # the path the layer's variable has in a model
+        bias = keras.Variable(initial["bias"], name="bias")
+    variables = [keras.Variable(initial["kernel"], name="kernel"), bias]
+    for step_gradients in steps:
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in step_gradients], variables)
+    grads = list(zip(*steps))
+    np.testing.assert_allclose(
+        to_numpy(variables[0]),
+        reference_sgd(initial["kernel"], grads[0], lambda t: float(to_numpy(schedule(t))),
+                      0.85, 0.01, 1.0),
+        rtol=1e-5, atol=1e-6)
+    faded = reference_sgd(initial["bias"], grads[1], lambda t: 0.1 * max(0.0, 1 - t / 4),
+                          0.85, 0.01, 4.0)
+    np.testing.assert_allclose(to_numpy(variables[1]), faded, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule, fading, frozen", [("stop", False, True), ("fade", True, False)])
+def test_the_recipe_stops_or_fades_the_whitening_bias(schedule, fading, frozen):
+    config = TrainConfig(optimizer="nesterov_sgd", epochs=4, schedule="linear_decay",
+                         whitening_bias_epochs=1.5, whitening_bias_schedule=schedule,
+                         bias_lr_scale=64.0)
+    model = build_cnn(widths=(8, 8, 8))
+    optimizer = recipe.make_optimizer(model, config, steps_per_epoch=10)
+    bias_path = model.get_layer("whiten").bias.path
+    assert optimizer.fading_after_steps == ({bias_path: 15} if fading else {})
+    assert optimizer.frozen_after_steps == ({bias_path: 15} if frozen else {})
+    assert (bias_path in optimizer.scaled_variable_names) == fading
 
 
 def test_lookahead_pulls_the_weights_to_the_slow_copy_on_schedule():
@@ -252,10 +296,11 @@ def test_optimizer_and_schedule_survive_get_config():
     optimizer = optimizers.LookaheadNesterovSGD(
         learning_rate=schedule, momentum=0.85, weight_decay=0.001, scaled_variable_names=["beta"],
         scaled_learning_rate=64.0, frozen_after_steps={"whiten/bias": 129}, lookahead_every=5,
-        total_steps=430)
+        total_steps=430, fading_after_steps={"other/bias": 12})
     clone = optimizers.LookaheadNesterovSGD.from_config(optimizer.get_config())
     assert clone.get_config() == optimizer.get_config()
     assert clone.frozen_after_steps == {"whiten/bias": 129} and clone.lookahead_every == 5
+    assert clone.fading_after_steps == {"other/bias": 12}
 
 
 # ------------------------------------------------------------------ data and TTA
