@@ -37,6 +37,23 @@ def backend():
 
 
 @pytest.fixture(scope="session")
+def requires_channels_first():
+    """Skips where this backend cannot compute channels_first convolutions: TensorFlow on a
+    CPU without oneDNN (no AVX-512) has no NCHW Conv2D kernel. kerasvit never computes in
+    channels_first there (its "auto" layout is channels_last on TF, and model.keras is
+    always channels_last); the jax and torch passes cover the layout, and
+    tests/test_cross_backend.py loads a channels_first-trained cnn into TF with oneDNN off."""
+    import keras
+    import numpy as np
+
+    try:
+        keras.layers.Conv2D(1, 1, data_format="channels_first")(np.zeros((1, 1, 2, 2), "float32"))
+    except Exception as error:  # TF's UnimplementedError; any backend that cannot
+        pytest.skip(f"{os.environ['KERAS_BACKEND']} cannot run an NCHW convolution on this "
+                    f"CPU ({type(error).__name__}): channels_first is tested in the other passes")
+
+
+@pytest.fixture(scope="session")
 def cifar_splits():
     """Real CIFAR-10: 20 training images per class, 500 validation, the 10k test set."""
     from kerasvit.data import cifar

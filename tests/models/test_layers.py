@@ -46,7 +46,10 @@ def test_get_config_returns_exactly_the_init_arguments(layer_class, kwargs, inpu
 
 @pytest.mark.parametrize("layer_class, kwargs, input_shape", LAYER_CASES,
                          ids=CASE_IDS)
-def test_keras_file_round_trip_gives_the_same_outputs(tmp_path, layer_class, kwargs, input_shape):
+def test_keras_file_round_trip_gives_the_same_outputs(tmp_path, request, layer_class, kwargs,
+                                                      input_shape):
+    if kwargs.get("data_format") == "channels_first":
+        request.getfixturevalue("requires_channels_first")
     inputs = keras.Input(shape=input_shape[1:])
     model = keras.Model(inputs, layer_class(**kwargs)(inputs))
     x = np.random.default_rng(0).normal(size=input_shape).astype("float32")

@@ -22,7 +22,7 @@ def random_weights(model, seed=0):
     return [np.abs(w) + 0.5 if "variance" in v.path else w for w, v in zip(weights, model.weights)]
 
 
-def test_switching_layouts_keeps_the_function_both_ways(cifar_batch):
+def test_switching_layouts_keeps_the_function_both_ways(cifar_batch, requires_channels_first):
     images = cifar_batch[0][:8]
     last = build_cnn(widths=(8, 8, 8), data_format="channels_last")
     last.set_weights(random_weights(last))
@@ -39,7 +39,7 @@ def test_switching_layouts_keeps_the_function_both_ways(cifar_batch):
     assert layouts.to_data_format(last, "channels_last") is last
 
 
-def test_saved_in_channels_last_and_loaded_in_the_fastest_layout(tmp_path, cifar_batch):
+def test_saved_in_channels_last_and_loaded_in_the_fastest_layout(tmp_path, cifar_batch, requires_channels_first):
     images = cifar_batch[0][:8]
     first = build_cnn(widths=(8, 8, 8), data_format="channels_first")
     first.set_weights(random_weights(first, seed=1))

@@ -69,7 +69,7 @@ def test_whitening_is_set_from_training_images_chosen_by_the_seed(cifar_batch):
     assert not np.allclose(to_numpy(model.get_layer("whiten").kernel), untouched)
 
 
-def test_both_layouts_compute_the_same_network(cifar_batch):
+def test_both_layouts_compute_the_same_network(cifar_batch, requires_channels_first):
     """channels_first (torch's "auto") and channels_last: the same whitening kernel from
     the same images, the same weights in the same order, the same logits, and an NHWC
     feature map for Grad-CAM in both."""
