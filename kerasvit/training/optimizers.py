@@ -63,7 +63,8 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
     `frozen_after_steps` stops changing after that many steps. One whose path is in
     `fading_after_steps` leaves the schedule: its rate is the schedule's rate at step 0
     (times its lr_scale), falling linearly to zero at that many steps (airbench94_muon's
-    whitening bias), so its decay fades with it. Every `lookahead_every` steps (and at `total_steps`):
+    whitening bias), so its decay fades with it. Every `lookahead_every` steps (and at
+    `total_steps`):
         slow = a * slow + (1 - a) * w;  w = slow      a = lookahead_decay(step, total_steps)
     with `lookahead_every=0` there is no lookahead.
 
@@ -110,6 +111,11 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             self.scaled_learning_rate if scaled & {v.name, v.path} else 1.0 for v in variables]
         self.train_steps = [self.frozen_after_steps.get(v.path) for v in variables]
         self.fading_steps = [self.fading_after_steps.get(v.path) for v in variables]
+        # Where fading variables start: the schedule's rate at step 0, a constant.
+        rate = self._learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = rate(0)
+        self.first_step_rate = float(ops.convert_to_numpy(rate))
         self.takes_muon_steps = [v.path in self.muon_variable_paths for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
@@ -119,7 +125,7 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         dtype = variable.dtype
         if self.fading_steps[index] is not None:
             remaining = 1 - ops.cast(step, "float32") / self.fading_steps[index]
-            learning_rate = self.rate_at_first_step() * ops.maximum(remaining, 0.0)
+            learning_rate = self.first_step_rate * ops.maximum(remaining, 0.0)
         learning_rate = ops.cast(learning_rate, dtype) * scale
         if self.train_steps[index] is not None:
             learning_rate = learning_rate * ops.cast(ops.less(step, self.train_steps[index]), dtype)
@@ -133,12 +139,6 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             self.assign_sub(variable, learning_rate * (direction + self.momentum * momentum))
         if self.lookahead_every:
             self.lookahead(index, variable, step)
-
-    def rate_at_first_step(self):
-        rate = self._learning_rate
-        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-            return ops.cast(rate(0), "float32")
-        return ops.cast(rate, "float32")
 
     def muon_step(self, gradient, variable, momentum, learning_rate):
         self.assign(momentum, self.muon_momentum * momentum + gradient)

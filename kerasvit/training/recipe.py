@@ -96,7 +96,8 @@ def make_optimizer(model, config, steps_per_epoch):
         learning_rate=learning_rate_schedule(config, steps_per_epoch, peak=step_size),
         momentum=config.momentum,
         weight_decay=decay,
-        scaled_variable_names=["beta", *(bias_steps if fade else ())],  # BatchNorm offsets
+        # BatchNorm offsets ("beta"), and a fading whitening bias with them.
+        scaled_variable_names=["beta", *(bias_steps if fade else ())],
         scaled_learning_rate=config.bias_lr_scale,
         frozen_after_steps={} if fade else bias_steps,
         fading_after_steps=bias_steps if fade else {},

@@ -39,7 +39,8 @@ def test_switching_layouts_keeps_the_function_both_ways(cifar_batch, requires_ch
     assert layouts.to_data_format(last, "channels_last") is last
 
 
-def test_saved_in_channels_last_and_loaded_in_the_fastest_layout(tmp_path, cifar_batch, requires_channels_first):
+def test_saved_in_channels_last_and_loaded_in_the_fastest_layout(tmp_path, cifar_batch,
+                                                                 requires_channels_first):
     images = cifar_batch[0][:8]
     first = build_cnn(widths=(8, 8, 8), data_format="channels_first")
     first.set_weights(random_weights(first, seed=1))
