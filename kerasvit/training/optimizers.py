@@ -94,6 +94,12 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
         self.muon_variable_paths = list(muon_variable_paths)
         self.muon_learning_rate_scale = muon_learning_rate_scale
         self.muon_momentum = muon_momentum
+        # Where fading variables start: the schedule's rate at step 0, a constant. Read here,
+        # eagerly: on TensorFlow `build` runs inside the traced train step, where it is symbolic.
+        rate = self._learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = rate(0)
+        self.first_step_rate = float(ops.convert_to_numpy(rate))
 
     def build(self, variables):
         if self.built:
@@ -111,11 +117,6 @@ class LookaheadNesterovSGD(keras.optimizers.Optimizer):
             self.scaled_learning_rate if scaled & {v.name, v.path} else 1.0 for v in variables]
         self.train_steps = [self.frozen_after_steps.get(v.path) for v in variables]
         self.fading_steps = [self.fading_after_steps.get(v.path) for v in variables]
-        # Where fading variables start: the schedule's rate at step 0, a constant.
-        rate = self._learning_rate
-        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-            rate = rate(0)
-        self.first_step_rate = float(ops.convert_to_numpy(rate))
         self.takes_muon_steps = [v.path in self.muon_variable_paths for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):

@@ -190,6 +190,23 @@ def test_a_fading_variable_leaves_the_schedule_and_falls_linearly_to_zero():
     np.testing.assert_allclose(to_numpy(variables[1]), faded, rtol=1e-5, atol=1e-6)
 
 
+def test_a_fading_variable_trains_inside_a_compiled_fit():
+    """On TensorFlow the optimizer builds inside the traced train step, so what it computes
+    there must not need eager values (CI failed on that once)."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="head")])
+    schedule = optimizers.TriangularSchedule(0.1, total_steps=4, warmup_steps=1)
+    optimizer = optimizers.LookaheadNesterovSGD(
+        learning_rate=schedule, fading_after_steps={model.layers[0].bias.path: 2})
+    model.compile(optimizer=optimizer, loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    bias_before = to_numpy(model.layers[0].bias).copy()
+    model.fit(x, x[:, :1], batch_size=2, epochs=1, verbose=0)
+    bias_after_fading = to_numpy(model.layers[0].bias)
+    assert not np.allclose(bias_after_fading, bias_before)  # it trained while its rate lasted
+    model.fit(x, x[:, :1], batch_size=2, epochs=1, verbose=0)
+    np.testing.assert_array_equal(to_numpy(model.layers[0].bias), bias_after_fading)  # then none
+
+
 @pytest.mark.parametrize("schedule, fading", [("stop", False), ("fade", True)])
 def test_the_recipe_stops_or_fades_the_whitening_bias(schedule, fading):
     config = TrainConfig(optimizer="nesterov_sgd", epochs=4, schedule="linear_decay",
