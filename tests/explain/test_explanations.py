@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from suite_passes import in_one_pass
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -201,6 +202,8 @@ def run_workers(backends, out_dir, images_path, model_paths):
     return {backend: dict(np.load(out_dir / f"{backend}.npz")) for backend in backends}
 
 
+@in_one_pass("one process compares its maps with both other backends' workers, so one pass "
+             "covers all three")
 def test_maps_are_the_same_on_every_backend(saved_models, loaded, images, backend, tmp_path):
     np.save(tmp_path / "images.npy", images)
     others = run_workers([b for b in BACKENDS if b != backend], tmp_path,
