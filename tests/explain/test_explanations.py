@@ -188,7 +188,9 @@ def test_gradcam_has_the_feature_map_shape_and_is_not_negative(loaded, images):
 
 def run_workers(backends, out_dir, images_path, model_paths):
     """Starts one worker per backend at once (each start costs 6-15 s), then waits."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    # tests/ too: the worker runs this file as a script, which imports suite_passes.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     workers = {}
     for backend in backends:
         command = [sys.executable, __file__, str(out_dir / f"{backend}.npz"), str(images_path),
