@@ -73,7 +73,7 @@ def parse_args(argv=None):
                         "and model_args the Keras contenders use (default: configs/<model>.toml), "
                         "e.g. configs/cnn_airbench94.toml")
     parser.add_argument("--batch-size", type=int,
-                        help="batch (default: the config's, cnn 2000, vit 128; vit_b16 8)")
+                        help="batch (default: the config's, cnn 1000, vit 128; vit_b16 8)")
     parser.add_argument("--contenders", help="comma-separated name patterns (fnmatch), or 'all'; "
                         "default: the default set (see --list)")
     parser.add_argument("--skip", help="comma-separated name patterns to leave out")

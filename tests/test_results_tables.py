@@ -21,8 +21,10 @@ def test_a_run_is_named_by_its_config_file_and_what_it_changed(tmp_path):
     assert script.recipe_name(config) == "cnn_airbench94.toml"
     config.update(batch_size=512, seed=7)  # the seed says which run, not which recipe
     assert script.recipe_name(config) == "cnn_airbench94.toml batch_size=512"
-    muon = json.loads((REPO / "results/cnn/cnn-muon-torch-s0/config.json").read_text())
-    assert script.recipe_name(muon) == "cnn.toml"
+    batch_2000 = json.loads((REPO / "results/cnn/cnn-muon-torch-s0/config.json").read_text())
+    assert script.recipe_name(batch_2000) == "cnn_b2000.toml"
+    default = json.loads((REPO / "results/cnn/cnn-b1000-torch-s2/config.json").read_text())
+    assert script.recipe_name(default) == "cnn.toml"
 
 
 def test_seeds_of_one_recipe_are_summarised_as_mean_and_spread(tmp_path):
